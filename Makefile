@@ -1,0 +1,28 @@
+# Two commands on a fresh machine with Python 3.11 and a C compiler:
+#   make demo   venv, install, then the embedded demo pipeline (CPU, no network)
+#   make test   venv, install, then the test suite (CPU, no network)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: install demo test test-all clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install
+	$(PY) -m pytest -q -x --durations=15
+
+clean:
+	rm -rf data/demo outputs/demo*

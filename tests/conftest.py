@@ -1,0 +1,42 @@
+"""Every test runs offline, on CPU, on tiny models and the embedded demo data."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_paths():
+    """The embedded demo corpus and tokenizer, built once per session into the repo's data/demo (a cache:
+    the build is deterministic, and recipes' demo configs read the same folder)."""
+    from tinyllama.demo import build_demo
+
+    return build_demo()
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_paths):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(demo_paths["tokenizer"]))

@@ -1,0 +1,75 @@
+import json
+import logging
+
+import pytest
+import torch
+
+from tinyllama.model import (MODEL_CONFIG_DIR, build_model, count_parameters, flops_per_token,
+                             load_model_config, resolve_attn_implementation)
+
+
+def test_tinyllama_1b_has_exactly_the_published_parameter_count():
+    config = load_model_config("tinyllama-1.1b")
+    assert count_parameters(config) == 1_100_048_384
+    # per TINYLLAMA.md: each embedding matrix 65,536,000, non-embedding 968,976,384
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(config)
+    assert model.get_input_embeddings().weight.numel() == 65_536_000
+    assert model.get_output_embeddings().weight.numel() == 65_536_000
+    assert model.get_input_embeddings().weight is not model.get_output_embeddings().weight  # untied
+    assert count_parameters(model) - 2 * 65_536_000 == 968_976_384
+
+
+def test_tinyllama_1b_architecture_fields():
+    c = load_model_config("tinyllama-1.1b")
+    assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size) == (22, 2048, 5632)
+    assert (c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == (32, 4, 32000)
+    assert c.max_position_embeddings == 2048 and c.rms_norm_eps == 1e-5 and c.hidden_act == "silu"
+    assert c.rope_parameters["rope_theta"] == 10000.0
+    assert c.tie_word_embeddings is False and (c.bos_token_id, c.eos_token_id) == (1, 2)
+
+
+def test_flops_per_token_matches_published_mfu_convention():
+    # 6N + 12 L H Q T = 7.31 GFLOP at T=2048 (TINYLLAMA.md, Speed)
+    assert flops_per_token(load_model_config("tinyllama-1.1b"), 2048) == pytest.approx(7.31e9, rel=1e-3)
+
+
+@pytest.mark.parametrize("path", sorted(MODEL_CONFIG_DIR.glob("*.json")), ids=lambda p: p.name)
+def test_every_model_config_builds_and_runs(path):
+    config = load_model_config(path)
+    assert json.loads(path.read_text())["model_type"] == "llama"
+    if count_parameters(config) > 50_000_000:
+        return  # the 1.1B is covered on the meta device above
+    model = build_model(path, attn_implementation="sdpa", seed=0)
+    out = model(torch.randint(0, config.vocab_size, (2, 16)), labels=torch.randint(0, config.vocab_size, (2, 16)))
+    assert out.logits.shape == (2, 16, config.vocab_size) and torch.isfinite(out.loss)
+
+
+def test_flash_attention_falls_back_to_sdpa_on_cpu_with_one_warning(caplog):
+    if torch.cuda.is_available():
+        pytest.skip("CPU behaviour")
+    resolve_attn_implementation.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="tinyllama.model"):
+        assert resolve_attn_implementation("flash_attention_2") == "sdpa"
+        assert resolve_attn_implementation("flash_attention_2") == "sdpa"
+        model = build_model("tiny", attn_implementation="flash_attention_2")
+    warnings = [r for r in caplog.records if "flash_attention_2 is not available" in r.getMessage()]
+    assert len(warnings) == 1 and "no CUDA device" in warnings[0].getMessage()
+    assert model.config._attn_implementation == "sdpa"
+    assert resolve_attn_implementation("eager") == "eager"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        resolve_attn_implementation("flash3")
+
+
+def test_seeded_builds_are_identical_and_init_from_checks_the_architecture(tmp_path):
+    a, b = build_model("tiny", seed=1), build_model("tiny", seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    a.save_pretrained(tmp_path / "m")
+    loaded = build_model("tiny", init_from=tmp_path / "m")
+    assert torch.equal(loaded.lm_head.weight, a.lm_head.weight)
+    with pytest.raises(ValueError, match="does not match the model config .*hidden_size: 128 vs 64"):
+        build_model("demo", init_from=tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="model config not found"):
+        build_model(tmp_path / "missing.json")

@@ -1,0 +1,162 @@
+"""Build TinyLlama-shaped models for every recipe: one function, one place that resolves the attention kernel.
+
+``configs/model/tinyllama-1.1b.json`` is the architecture (../shared/reference/TINYLLAMA.md, "Architecture");
+the smaller JSONs beside it are the demo and test sizes. A model is built either fresh from such a config file
+(pretraining from scratch) or from a model folder / Hub id (``init_from``: continual pretraining, fine-tuning).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .utils import repo_root
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = repo_root() / "configs" / "model"
+ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager", "flex_attention")
+
+
+def resolve_model_config_path(name: str | os.PathLike) -> Path | None:
+    """``tinyllama-1.1b`` -> configs/model/tinyllama-1.1b.json; a path to a .json file is taken as it is."""
+    p = Path(name)
+    if p.suffix == ".json":
+        return p
+    candidate = MODEL_CONFIG_DIR / f"{name}.json"
+    return candidate if candidate.exists() else None
+
+
+def load_model_config(name: str | os.PathLike, trust_remote_code: bool = False):
+    """A ``PretrainedConfig`` from a config JSON, a short name in configs/model, a model folder or a Hub id."""
+    from transformers import AutoConfig, LlamaConfig
+
+    path = resolve_model_config_path(name)
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"model config not found: {path}")
+        return LlamaConfig.from_json_file(str(path))
+    return AutoConfig.from_pretrained(str(name), trust_remote_code=trust_remote_code)
+
+
+@functools.cache
+def flash_attn_unavailable_reason() -> str | None:
+    """Why flash_attention_2 cannot be used here, or None when it can."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "the flash-attn package is not installed (pip install -r requirements-gpu.txt)"
+    major, _ = torch.cuda.get_device_capability()
+    if major < 8:
+        return f"the GPU (compute capability {major}.x) is older than Ampere"
+    return None
+
+
+@functools.cache
+def resolve_attn_implementation(requested: str = "auto") -> str:
+    """flash_attention_2 when CUDA and flash-attn are there; otherwise sdpa, with one warning saying why.
+
+    transformers raises at model build time when flash-attn is missing, so the choice is made here, once.
+    """
+    if requested not in ATTENTION_CHOICES:
+        raise ValueError(f"attn_implementation must be one of {ATTENTION_CHOICES}, got {requested!r}")
+    if requested not in ("auto", "flash_attention_2"):
+        return requested
+    reason = flash_attn_unavailable_reason()
+    if reason is None:
+        return "flash_attention_2"
+    if requested == "flash_attention_2":
+        log.warning("attn_implementation: flash_attention_2 is not available (%s); using sdpa instead", reason)
+    return "sdpa"
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]
+
+
+def build_model(
+    config: str | os.PathLike | None = None,
+    *,
+    init_from: str | os.PathLike | None = None,
+    attn_implementation: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    seed: int | None = None,
+):
+    """A ``LlamaForCausalLM`` (or any causal LM) for a recipe.
+
+    - ``config`` alone: fresh weights from a model config (a JSON file, a name in configs/model, or a Hub id).
+    - ``init_from``: weights of a model folder or Hub id (safetensors only); ``config``, when also given, must
+      describe the same architecture (checked, so a checkpoint of another size fails with a clear message).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if config is None and init_from is None:
+        raise ValueError("build_model needs a model config or init_from")
+    attn = resolve_attn_implementation(attn_implementation)
+    torch_dtype = parse_dtype(dtype)
+    if init_from is not None:
+        if config is not None:
+            check_same_architecture(load_model_config(config), load_model_config(init_from, trust_remote_code),
+                                    str(config), str(init_from))
+        return AutoModelForCausalLM.from_pretrained(
+            str(init_from), attn_implementation=attn, dtype=torch_dtype, use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    model_config = load_model_config(config, trust_remote_code)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(
+        model_config, attn_implementation=attn, dtype=torch_dtype, trust_remote_code=trust_remote_code
+    )
+
+
+ARCHITECTURE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "vocab_size")
+
+
+def check_same_architecture(expected, actual, expected_name: str, actual_name: str) -> None:
+    diffs = [f"{k}: {getattr(expected, k, None)} vs {getattr(actual, k, None)}" for k in ARCHITECTURE_KEYS
+             if getattr(expected, k, None) != getattr(actual, k, None)]
+    if diffs:
+        raise ValueError(f"{actual_name} does not match the model config {expected_name}: " + "; ".join(diffs))
+
+
+def count_parameters(model_or_config, exclude_input_embedding: bool = False) -> int:
+    """Parameters of a model, or of a config (built on the meta device: no memory, no time)."""
+    model = model_or_config
+    if not isinstance(model_or_config, torch.nn.Module):
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_or_config)
+    total = sum(p.numel() for p in model.parameters())
+    if exclude_input_embedding:
+        total -= model.get_input_embeddings().weight.numel()
+    return total
+
+
+def flops_per_token(model_config, seq_len: int, n_params: int | None = None) -> float:
+    """Training FLOPs per token: 6·N + 12·L·H·Q·T (PaLM's appendix B; TinyLlama's MFU convention).
+
+    N counts every parameter except the input embedding (the lookup does no matmul); the second term is the
+    attention score and value matmuls, forward and backward, with L layers, H heads, Q head size, T sequence
+    length. For TinyLlama 1.1B at T=2048: 7.31 GFLOP per token.
+    """
+    if n_params is None:
+        n_params = count_parameters(model_config, exclude_input_embedding=True)
+    L = model_config.num_hidden_layers
+    H = model_config.num_attention_heads
+    Q = getattr(model_config, "head_dim", None) or model_config.hidden_size // H
+    return 6 * n_params + 12 * L * H * Q * seq_len

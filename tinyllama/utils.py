@@ -1,0 +1,118 @@
+"""Small shared helpers: repository paths, atomic writes, logging setup and the entry-point error wrapper."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fsync_tree(path: Path) -> None:
+    for p in sorted(Path(path).rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(Path(path))
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, keep_tmp_on_error: bool = False):
+    """Yield a temporary folder beside ``final``; when the block succeeds, move it into place whole.
+
+    A killed process leaves only a ``.tmp-*`` folder, which nothing reads as complete. An existing ``final`` is
+    replaced only after the new one is fully written and synced.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}.{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if final.exists():
+            old = final.parent / f"{TMP_PREFIX}old-{final.name}.{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        if not keep_tmp_on_error:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def setup_logging(level: int = logging.INFO, main_process: bool = True) -> None:
+    """One format for every entry point; non-main processes log warnings only."""
+    logging.basicConfig(
+        level=level if main_process else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError)
+
+
+def entry_point(fn):
+    """Run ``fn`` as a command: a mistake a user can cause prints one message (no traceback) and exits 2.
+
+    ``TINYLLAMA_DEBUG=1`` shows the traceback as well.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            if os.environ.get("TINYLLAMA_DEBUG"):
+                traceback.print_exc()
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapper
