@@ -1,0 +1,178 @@
+"""The pretraining recipe's arguments: one typed dataclass, read from YAML with command-line overrides.
+
+Every number that defines a run lives in its YAML (configs/pretrain, configs/continual, configs/cooldown); the
+defaults here are TinyLlama v1.0's (../shared/reference/TINYLLAMA.md, "Pretraining (v1.0, 3T tokens)").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from ..utils import repo_root
+
+DEMO_CONFIG = repo_root() / "configs" / "pretrain" / "demo.yaml"
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class PretrainArgs:
+    # ---- run --------------------------------------------------------------------------------------------------
+    run_name: str = field(default="demo", metadata=_help("name of the run; outputs go to output_dir"))
+    output_dir: Optional[str] = field(default=None, metadata=_help("run folder (default: outputs/<run_name>)"))
+    seed: int = field(default=3407, metadata=_help("seed for weights and the data order (TinyLlama: 3407)"))
+    stage: str = field(default="pretrain", metadata=_help("stage label written to exports and the model card"))
+
+    # ---- model ------------------------------------------------------------------------------------------------
+    model_config: Optional[str] = field(default=None, metadata=_help(
+        "architecture: a name in configs/model (tinyllama-1.1b, demo, tiny), a JSON path, or a Hub id; with "
+        "init_from, optional (then checked against the weights)"))
+    init_from: Optional[str] = field(default=None, metadata=_help(
+        "start from these weights (an exported model folder, a checkpoint folder of another run, or a Hub id); "
+        "not the same as resume, which continues this run"))
+    init_optimizer: bool = field(default=False, metadata=_help(
+        "with init_from a checkpoint folder: carry its optimizer state over (default: fresh optimizer)"))
+    tokenizer: str = field(default="data/demo/tokenizer", metadata=_help("tokenizer folder or Hub id"))
+    attn_implementation: str = field(default="auto", metadata=_help(
+        "auto | flash_attention_2 | sdpa | eager | flex_attention (flash_attention_2 falls back to sdpa, "
+        "with a warning, where it is not installed)"))
+    document_masking: bool = field(default=False, metadata=_help(
+        "no attention across documents in a packed sample (position_ids restart at each document; TinyLlama "
+        "did not mask)"))
+    gradient_checkpointing: bool = field(default=False, metadata=_help("activation checkpointing"))
+    compile: bool = field(default=False, metadata=_help("torch.compile the model"))
+    use_liger_kernel: bool = field(default=False, metadata=_help(
+        "Liger's fused RMSNorm, SwiGLU, RoPE and linear cross-entropy (GPU, liger-kernel installed)"))
+    trust_remote_code: bool = field(default=False, metadata=_help("allow model code from the Hub (off)"))
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    data_dir: str = field(default="data/demo/tokenized", metadata=_help(
+        "folder of prepared sources (scripts/prepare_data.py), one sub-folder per source"))
+    prepare_config: Optional[str] = field(default=None, metadata=_help(
+        "a data config to prepare data_dir with first when it is missing or incomplete (the demo does this)"))
+    mixture: dict = field(default_factory=lambda: {"slimpajama": 0.693584, "starcoderdata": 0.306416},
+                          metadata=_help("source name -> weight, or -> {weight, start_weight, ramp_tokens}"))
+    seq_len: int = field(default=2048, metadata=_help("tokens per sample (context length)"))
+    micro_batch_size: int = field(default=8, metadata=_help("sequences per device per forward pass"))
+    global_batch_size: int = field(default=1024, metadata=_help(
+        "sequences per optimizer step, all devices; gradient accumulation = global / (processes x micro)"))
+    batch_schedule: list = field(default_factory=list, metadata=_help(
+        "batch-size changes: a list of {step: N, global_batch_size: B} (e.g. v1.1's cooldown)"))
+    num_workers: int = field(default=1, metadata=_help("dataloader worker processes per rank"))
+
+    # ---- optimizer and schedule -------------------------------------------------------------------------------
+    learning_rate: float = field(default=4e-4, metadata=_help("peak learning rate"))
+    min_lr: float = field(default=4e-5, metadata=_help("final learning rate"))
+    warmup_steps: int = field(default=2000, metadata=_help("linear warmup steps"))
+    max_steps: int = field(default=1_430_512, metadata=_help("optimizer steps of this run"))
+    lr_schedule: Literal["cosine", "wsd", "constant"] = field(default="cosine", metadata=_help(
+        "cosine (TinyLlama), wsd (warmup-stable-decay), constant (after warmup)"))
+    lr_schedule_steps: Optional[int] = field(default=None, metadata=_help(
+        "length of the cosine in steps (default: max_steps); with lr_step_offset, a stage continues a longer "
+        "cosine (v1.1's cooldown)"))
+    lr_step_offset: int = field(default=0, metadata=_help("the schedule starts at this step (continued cosine)"))
+    decay_fraction: float = field(default=0.2, metadata=_help("wsd: fraction of steps spent decaying"))
+    decay_shape: Literal["linear", "1-sqrt", "cosine"] = field(default="1-sqrt", metadata=_help(
+        "wsd: shape of the final decay"))
+    weight_decay: float = field(default=0.1, metadata=_help("AdamW weight decay"))
+    no_decay_norm_and_embeddings: bool = field(default=False, metadata=_help(
+        "exclude norms, biases and embeddings from weight decay (TinyLlama decayed everything: false)"))
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping (0 = off)"))
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="bf16", metadata=_help(
+        "autocast precision (fp32 master weights); the demo runs in fp32 ('no') on CPU"))
+    max_nonfinite_steps: int = field(default=5, metadata=_help(
+        "stop after this many consecutive steps with a non-finite loss or gradient (each one is skipped)"))
+
+    # ---- logging, evaluation, checkpoints ---------------------------------------------------------------------
+    log_every: int = field(default=10, metadata=_help("steps between log lines"))
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata=_help(
+        "trackers: tensorboard, wandb, or none"))
+    peak_flops: Optional[float] = field(default=None, metadata=_help(
+        "peak dense FLOP/s of one device for MFU (default: looked up from the GPU name)"))
+    eval_every: int = field(default=1000, metadata=_help("steps between validation losses (0 = off)"))
+    eval_batches: int = field(default=16, metadata=_help("micro-batches per rank in each validation"))
+    save_every: int = field(default=1000, metadata=_help("steps between checkpoints (the last step is saved too)"))
+    keep_last: int = field(default=3, metadata=_help("checkpoints kept (older ones are deleted)"))
+    export: bool = field(default=True, metadata=_help(
+        "export each checkpoint as a Hugging Face model folder under export/ (export/final at the end)"))
+    resume: Optional[str] = field(default=None, metadata=_help(
+        "'auto' (newest complete checkpoint of this run, if any) or a checkpoint folder"))
+    eval_suite: Optional[str] = field(default=None, metadata=_help(
+        "an lm-eval suite (evaluation/suites) run on each export, logged beside the loss"))
+    eval_limit: Optional[int] = field(default=None, metadata=_help("lm-eval --limit for eval_suite"))
+
+    # ---- Hub ----------------------------------------------------------------------------------------------------
+    push_to_hub: bool = field(default=False, metadata=_help("upload exports to the Hub in the background"))
+    hub_model_id: Optional[str] = field(default=None, metadata=_help("user/repo on the Hub"))
+    hub_private: bool = False
+    hub_revision: Optional[str] = field(default=None, metadata=_help("branch to push to (default: main)"))
+    hub_upload_retries: int = field(default=5, metadata=_help("attempts per upload before it is reported failed"))
+
+    # ---------------------------------------------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or Path("outputs") / self.run_name)
+
+    def validate(self) -> list[str]:
+        """Every cross-field problem, before any work (world size from the launcher's WORLD_SIZE)."""
+        e = []
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        for name in ("learning_rate", "seq_len", "micro_batch_size", "global_batch_size", "max_steps",
+                     "log_every", "save_every", "keep_last", "max_nonfinite_steps", "hub_upload_retries"):
+            if getattr(self, name) <= 0:
+                e.append(f"'{name}' must be positive, got {getattr(self, name)}")
+        for name in ("min_lr", "warmup_steps", "weight_decay", "max_grad_norm", "eval_every", "lr_step_offset",
+                     "num_workers", "adam_epsilon"):
+            if getattr(self, name) < 0:
+                e.append(f"'{name}' must not be negative, got {getattr(self, name)}")
+        if self.min_lr > self.learning_rate > 0:
+            e.append(f"'min_lr' ({self.min_lr}) is above 'learning_rate' ({self.learning_rate})")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                e.append(f"'{name}' must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.decay_fraction <= 1:
+            e.append(f"'decay_fraction' must be in (0, 1], got {self.decay_fraction}")
+        if self.lr_schedule_steps is not None and self.lr_schedule_steps < self.lr_step_offset + self.max_steps:
+            e.append(f"'lr_schedule_steps' ({self.lr_schedule_steps}) is shorter than lr_step_offset + max_steps "
+                     f"({self.lr_step_offset + self.max_steps})")
+        for step, batch in [(0, self.global_batch_size)] + [
+            (s.get("step"), s.get("global_batch_size")) for s in self.batch_schedule if isinstance(s, dict)
+        ]:
+            if isinstance(batch, int) and batch > 0 and self.micro_batch_size > 0 and batch % (
+                    self.micro_batch_size * world):
+                e.append(f"global batch {batch} (from step {step}) is not divisible by micro_batch_size "
+                         f"{self.micro_batch_size} x {world} processes")
+        for i, s in enumerate(self.batch_schedule):
+            if not (isinstance(s, dict) and set(s) == {"step", "global_batch_size"}
+                    and isinstance(s["step"], int) and s["step"] > 0
+                    and isinstance(s["global_batch_size"], int) and s["global_batch_size"] > 0):
+                e.append(f"'batch_schedule[{i}]' must be {{step: N>0, global_batch_size: B>0}}, got {s!r}")
+        if self.push_to_hub and not self.hub_model_id:
+            e.append("'push_to_hub' needs 'hub_model_id'")
+        if self.resume not in (None, "auto") and not Path(self.resume).is_dir():
+            e.append(f"'resume': checkpoint folder not found: {self.resume}")
+        if not self.model_config and not self.init_from:
+            e.append("set 'model_config' (train from scratch) or 'init_from' (start from weights)")
+        if self.init_optimizer and not self.init_from:
+            e.append("'init_optimizer' needs 'init_from' (a checkpoint folder)")
+        if self.attn_implementation not in ("auto", "flash_attention_2", "sdpa", "eager", "flex_attention"):
+            e.append(f"'attn_implementation' must be auto, flash_attention_2, sdpa, eager or flex_attention, "
+                     f"got {self.attn_implementation!r}")
+        bad_trackers = set(self.report_to) - {"tensorboard", "wandb", "none"}
+        if bad_trackers:
+            e.append(f"'report_to' accepts tensorboard, wandb, none; got {sorted(bad_trackers)}")
+        try:
+            from ..data import parse_mixture
+
+            parse_mixture(self.mixture)
+        except ValueError as err:
+            e.append(f"'mixture': {err}")
+        return e

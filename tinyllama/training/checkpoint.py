@@ -1,0 +1,215 @@
+"""Checkpoints (complete training state, for resume) and exports (Hugging Face model folders, for everything else).
+
+Layout (../shared/DESIGN.md):
+    <run>/checkpoints/step-000500/   accelerate ``save_state`` + ``train_state.json`` + ``model_config.json``
+    <run>/export/step-000500/        safetensors, config.json, generation_config.json, tokenizer, model card,
+                                     ``training_metadata.json`` (step, tokens_seen, stage, mixture)
+    <run>/export/final -> step-...   what the next stage, SFT and evaluation read
+
+A checkpoint is written into ``.tmp-step-000500`` and renamed into place only when every rank has finished and
+``train_state.json`` is in it, so a folder named ``step-*`` is always complete; resume never sees a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..utils import TMP_PREFIX, _fsync_dir, atomic_dir, atomic_write_text, fsync_tree
+
+log = logging.getLogger(__name__)
+
+STEP_RE = re.compile(r"^step-(\d+)$")
+STATE_FILE = "train_state.json"
+METADATA_FILE = "training_metadata.json"
+
+
+@dataclass
+class TrainState:
+    """What the loop needs beyond model/optimizer/scheduler/RNG to continue exactly."""
+
+    step: int = 0  # optimizer steps done
+    samples: int = 0  # global samples consumed (the data position)
+    tokens: int = 0  # tokens trained on in this run
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    consecutive_nonfinite: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: Path) -> "TrainState":
+        return cls(**json.loads((Path(folder) / STATE_FILE).read_text()))
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``root`` by step (``.tmp-*`` folders and folders without a state are ignored)."""
+    if not Path(root).is_dir():
+        return []
+    found = []
+    for p in Path(root).iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def find_resume_checkpoint(resume: str | None, root: Path) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(root)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"'resume': {path} is not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder so that a half-deleted one never looks complete: rename it aside first."""
+    doomed = path.parent / f"{TMP_PREFIX}del-{path.name}"
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_stale_tmp(root: Path) -> None:
+    """Remove leftovers of a killed write (``.tmp-*``) before writing new ones; main process only."""
+    if Path(root).is_dir():
+        for p in Path(root).iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def save_checkpoint(accelerator, root: Path, state: TrainState, model_config, keep_last: int) -> Path:
+    """Save the complete training state of ``state.step``; every rank calls this."""
+    root = Path(root)
+    final = root / step_name(state.step)
+    tmp = root / f"{TMP_PREFIX}{final.name}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model_config.to_json_file(str(tmp / "model_config.json"))
+        atomic_write_text(tmp / STATE_FILE, json.dumps(asdict(state), indent=2))  # last: marks completeness
+        fsync_tree(tmp)
+        if final.exists():  # the same step saved again (e.g. after a resume): replace only once the new one is whole
+            _remove(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        for _, old in complete_checkpoints(root)[:-keep_last]:
+            _remove(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, folder: Path) -> TrainState:
+    accelerator.load_state(str(folder))
+    return TrainState.read(folder)
+
+
+def export_model(accelerator, model, tokenizer, out_dir: Path, metadata: dict, model_card: str | None = None) -> Path:
+    """Write a Hugging Face model folder that ``AutoModelForCausalLM.from_pretrained`` loads (ZeRO-3 included:
+    ``get_state_dict`` gathers the shards). Every rank calls this; the main process writes, atomically."""
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+        with atomic_dir(out_dir) as tmp:
+            unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=2))
+            if model_card:
+                atomic_write_text(tmp / "README.md", model_card)
+    accelerator.wait_for_everyone()
+    return Path(out_dir)
+
+
+def point_final(export_root: Path, target: Path) -> Path:
+    """``export/final`` -> ``target`` (a relative symlink, replaced atomically)."""
+    link = Path(export_root) / "final"
+    tmp = Path(export_root) / f"{TMP_PREFIX}final"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(Path(target).name, tmp)
+    os.replace(tmp, link)
+    return link
+
+
+def rotate_exports(export_root: Path, keep_last: int, protect: set[Path] = frozenset()) -> None:
+    """Keep the newest ``keep_last`` step exports, the one ``final`` points to, and any still being uploaded."""
+    root = Path(export_root)
+    final = (root / "final").resolve() if (root / "final").exists() else None
+    steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir())
+    keep = {p.resolve() for p in protect} | ({final} if final else set())
+    for _, p in steps[:-keep_last]:
+        if p.resolve() not in keep:
+            _remove(p)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+def checkpoint_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 model weights from a checkpoint folder written by any backend (no pickle for plain weights)."""
+    folder = Path(folder)
+    plain = folder / "model.safetensors"
+    if plain.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(plain))
+    ds = folder / "pytorch_model"
+    if ds.is_dir():  # DeepSpeed ZeRO: merge the partitioned fp32 master weights
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="pytorch_model")
+    fsdp = next(iter(sorted(folder.glob("pytorch_model_fsdp_0"))), None)
+    if fsdp is not None:  # FSDP sharded (torch.distributed.checkpoint)
+        import tempfile
+
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(str(fsdp), f"{tmp}/model.pt")
+            sd = torch.load(f"{tmp}/model.pt", weights_only=True)
+        return sd.get("model", sd)
+    raise FileNotFoundError(f"{folder}: no model weights found (model.safetensors, pytorch_model/ or "
+                            "pytorch_model_fsdp_0/); is it a checkpoint folder?")
+
+
+def export_checkpoint(checkpoint_dir: Path, out_dir: Path, tokenizer=None) -> Path:
+    """Turn a checkpoint folder into a Hugging Face model folder offline (no launcher, one process)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    checkpoint_dir = Path(checkpoint_dir)
+    if not (checkpoint_dir / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{checkpoint_dir} is not a complete checkpoint (no {STATE_FILE})")
+    config = LlamaConfig.from_json_file(str(checkpoint_dir / "model_config.json"))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    sd = checkpoint_state_dict(checkpoint_dir)
+    model.load_state_dict(sd, strict=True, assign=True)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    state = TrainState.read(checkpoint_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        elif (checkpoint_dir / "tokenizer").is_dir():
+            for f in (checkpoint_dir / "tokenizer").iterdir():
+                shutil.copy2(f, tmp / f.name)
+        metadata = {"step": state.step, "tokens_seen": state.tokens, "source_checkpoint": str(checkpoint_dir)}
+        atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=2))
+    return Path(out_dir)

@@ -1,0 +1,119 @@
+"""The pieces of a training step that the recipe and the benchmarks share (so a benchmark measures what training
+runs): the Accelerator, the model with its options, and the loss of one micro-batch."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+import torch
+
+from ..model import build_model, load_model_config
+from .checkpoint import STATE_FILE, checkpoint_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def make_accelerator(args, project_dir=None):
+    """An Accelerator for the launcher's setup. On a machine without CUDA the process group uses gloo (DeepSpeed
+    otherwise sees the launcher's world size while accelerate sees 1), and the world size is checked against the
+    launcher's, so a silent single-process run of a multi-process launch cannot happen."""
+    from accelerate import Accelerator, InitProcessGroupKwargs
+    from accelerate.utils import ProjectConfiguration
+
+    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    trackers = [t for t in args.report_to if t != "none"]
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(project_dir), logging_dir=str(project_dir / "logs"))
+        if project_dir else None,
+        kwargs_handlers=handlers,
+    )
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != expected:
+        raise RuntimeError(
+            f"the launcher started {expected} processes but accelerate sees {accelerator.num_processes}: on CPU use "
+            "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` or torchrun "
+            "(configs/accelerate/cpu.yaml)")
+    return accelerator
+
+
+def is_deepspeed(accelerator) -> bool:
+    return accelerator.state.deepspeed_plugin is not None
+
+
+def fill_deepspeed_config(accelerator, args, grad_accum: int) -> None:
+    """Fill the DeepSpeed config's ``auto`` values from the recipe (we pass no dataloader to ``prepare``)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    world = accelerator.num_processes
+    values = {
+        "train_micro_batch_size_per_gpu": args.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": args.micro_batch_size * grad_accum * world,
+        "gradient_clipping": args.max_grad_norm,
+    }
+    config = plugin.deepspeed_config
+    for key, value in values.items():
+        if config.get(key, "auto") == "auto":
+            config[key] = value
+        elif config[key] != value:
+            raise ValueError(f"DeepSpeed config sets {key}={config[key]} but the recipe needs {value}; set it to "
+                             "'auto' in the DeepSpeed JSON")
+    zero = config.get("zero_optimization", {})
+    if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save", "auto") == "auto":
+        zero["stage3_gather_16bit_weights_on_model_save"] = True  # exports need whole weights
+    plugin.gradient_accumulation_steps = grad_accum
+    accelerator.gradient_accumulation_steps = grad_accum
+
+
+def is_checkpoint(path) -> bool:
+    return os.path.isfile(os.path.join(str(path), STATE_FILE))
+
+
+def setup_model(args):
+    """Build the model (fresh, from a model folder/Hub id, or from a checkpoint folder) and apply the options."""
+    if args.init_from and is_checkpoint(args.init_from):
+        model = build_model(os.path.join(args.init_from, "model_config.json"),
+                            attn_implementation=args.attn_implementation, trust_remote_code=False)
+        if args.model_config:
+            from ..model import check_same_architecture
+
+            check_same_architecture(load_model_config(args.model_config), model.config, args.model_config,
+                                    args.init_from)
+        model.load_state_dict(checkpoint_state_dict(args.init_from), strict=True)
+    else:
+        model = build_model(args.model_config, init_from=args.init_from, attn_implementation=args.attn_implementation,
+                            trust_remote_code=args.trust_remote_code, seed=args.seed)
+    model.config.use_cache = False
+    if args.use_liger_kernel:
+        if importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available():
+            raise ValueError("'use_liger_kernel' needs a CUDA GPU and the liger-kernel package "
+                             "(pip install -r requirements-gpu.txt)")
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
+                                        fused_linear_cross_entropy=True, cross_entropy=False)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def forward_loss(model, batch: dict, document_masking: bool, device) -> torch.Tensor:
+    """Mean next-token loss of one micro-batch of ``seq_len + 1``-token samples.
+
+    Inputs are tokens 0..T-1 and targets 1..T (TinyLlama's layout). With document masking the position ids restart
+    at each document, which transformers turns into a block-diagonal causal mask (sdpa, flex) or varlen
+    flash-attention, so no token attends across a document boundary. The model's own loss function is used
+    (``shift_labels``: targets are already aligned), so Liger's fused linear cross-entropy can replace it.
+    """
+    ids = batch["input_ids"].to(device, non_blocking=True)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    kwargs = {}
+    if document_masking:
+        kwargs["position_ids"] = batch["position_ids"][:, :-1].to(device, non_blocking=True)
+    out = model(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False, **kwargs)
+    return out.loss
