@@ -1,0 +1,41 @@
+"""The pretraining data layer: prepare raw corpora into packed token shards, and read them back as a mixture.
+
+Preparation (``prepare.py``, ``readers.py``, ``tokenize.py``, ``shards.py``) and the training-side datasets
+(``mixture.py``). Exports are imported lazily, so that the tokenizer worker processes never import torch.
+See docs/data.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "SourceWeight": "mixture",
+    "parse_mixture": "mixture",
+    "check_mixture": "mixture",
+    "MixtureDataset": "mixture",
+    "SequentialDataset": "mixture",
+    "validation_dataset": "mixture",
+    "DistributedStepSampler": "mixture",
+    "PrepareConfig": "prepare",
+    "prepare": "prepare",
+    "prepare_data": "prepare",
+    "prepare_from_config": "prepare",
+    "TokenStream": "shards",
+    "read_manifest": "shards",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

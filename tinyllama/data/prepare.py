@@ -1,0 +1,382 @@
+"""Prepare raw corpora into packed token shards: read, filter, split long documents, tokenize, write.
+
+``python scripts/prepare_data.py --config configs/data/demo.yaml [--key value ...]``, or in-process
+``prepare_data(["--config", ...])``. Each source becomes ``<output_dir>/<source>/`` (format in ``shards.py``).
+
+The flow per source: the main process reads rows and forms batches of documents; worker processes tokenize the
+batches (``tokenizers``' Rust encoder, one thread each); the main process writes the results *in input order*, so the
+output is byte-identical whatever the number of workers. At most ``2 x workers + 2`` batches are in flight, so memory
+is bounded by the batch size, not by the corpus. A shard is closed at the first batch boundary past
+``shard_tokens``; the manifest then records the shard and where reading stopped, so a rerun resumes there and
+produces the same bytes an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal, Optional
+
+import numpy as np
+
+from ..config import parse_config
+from ..utils import TMP_PREFIX
+from .readers import Position, SourceReader, SourceSpec
+from .shards import FORMAT, MAX_SHARD_TOKENS, SPLITS, ShardWriter, check_shards, read_manifest, shard_paths, \
+    write_manifest
+from .tokenize import Encoder, TokenizerInfo, encode_in_worker, init_worker, load_tokenizer
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class PrepareConfig:
+    """Arguments of scripts/prepare_data.py (YAML keys; any can be given as --key value)."""
+
+    tokenizer: str = field(metadata={"help": "fast tokenizer: a Hub id (e.g. TinyLlama/TinyLlama_v1.1, the Llama-2 "
+                                             "tokenizer) or a local folder"})
+    output_dir: str = field(metadata={"help": "data_dir to write; each source goes to <output_dir>/<source name>/"})
+    sources: dict = field(metadata={"help": "source name -> {path, text_field, filters, format, subset, data_dir, "
+                                            "data_files, split, revision, max_documents} (see docs/data.md)"})
+    only: list[str] = field(default_factory=list, metadata={"help": "prepare only these sources (default: all)"})
+    bos: bool = field(default=True, metadata={"help": "start every document with the tokenizer's BOS token "
+                                                      "(TinyLlama separated documents with BOS only)"})
+    eos: bool = field(default=False, metadata={"help": "end every document with the tokenizer's EOS token"})
+    dtype: Literal["auto", "uint16", "uint32"] = field(
+        default="auto", metadata={"help": "token storage: auto = uint16 while the vocab fits, else uint32"})
+    shard_tokens: int = field(default=2**27, metadata={
+        "help": "close a shard at the first batch boundary past this many tokens (a killed run redoes at most one)"})
+    validation_every: int = field(default=1000, metadata={
+        "help": "held-out split: documents 0, N, 2N, ... of each source (in input order, after filters) ..."})
+    validation_documents: int = field(default=1000, metadata={
+        "help": "... until this many are held out (0: no validation split)"})
+    max_chars_per_piece: int = field(default=8192, metadata={
+        "help": "split longer documents at line boundaries before encoding (0: never split)"})
+    batch_docs: int = field(default=512, metadata={"help": "documents per tokenizer batch"})
+    batch_chars: int = field(default=4_000_000, metadata={"help": "... or fewer, to keep a batch under this many "
+                                                                  "characters"})
+    num_workers: int = field(default=-1, metadata={
+        "help": "tokenizer worker processes: -1 = one per available core, 0 = in this process (Rust threads)"})
+    build_demo: Optional[str] = field(default=None, metadata={
+        "help": "build the embedded demo corpus into this folder first if it is missing (demo config only)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "prepare sources again from scratch even if their folders hold data from other settings"})
+
+    def validate(self) -> list[str]:
+        errors: list[str] = []
+        self._specs = []
+        if not self.sources:
+            errors.append("sources: give at least one source")
+        for name, spec in (self.sources or {}).items():
+            if not _NAME.match(str(name)):
+                errors.append(f"sources.{name}: a source name becomes a folder name: use letters, digits, _ . -")
+                continue
+            parsed = SourceSpec.from_dict(str(name), spec, errors)
+            if parsed is not None:
+                self._specs.append(parsed)
+        for name in self.only:
+            if name not in (self.sources or {}):
+                errors.append(f"only: no source named '{name}' (sources: {', '.join(self.sources or {})})")
+        if not 1 <= self.shard_tokens <= MAX_SHARD_TOKENS // 2:
+            errors.append(f"shard_tokens: must be between 1 and {MAX_SHARD_TOKENS // 2}, got {self.shard_tokens}")
+        if self.validation_every < 1:
+            errors.append(f"validation_every: must be >= 1, got {self.validation_every}")
+        if self.validation_documents < 0:
+            errors.append(f"validation_documents: must be >= 0, got {self.validation_documents}")
+        if self.max_chars_per_piece < 0:
+            errors.append(f"max_chars_per_piece: must be >= 0 (0 = never split), got {self.max_chars_per_piece}")
+        if self.batch_docs < 1 or self.batch_chars < 1:
+            errors.append("batch_docs and batch_chars: must be >= 1")
+        if self.num_workers < -1:
+            errors.append(f"num_workers: -1 (all cores), 0 (in process) or a count, got {self.num_workers}")
+        return errors
+
+    def source_specs(self) -> list[SourceSpec]:
+        if not hasattr(self, "_specs"):
+            errors = self.validate()
+            if errors:
+                raise ValueError("; ".join(errors))
+        return [s for s in self._specs if not self.only or s.name in self.only]
+
+    def settings(self, spec: SourceSpec, dtype: str) -> dict:
+        """Everything that determines a source's output bytes (compared on a rerun)."""
+        return {"source": spec.to_dict(), "tokenizer": self.tokenizer, "bos": self.bos, "eos": self.eos,
+                "dtype": dtype, "shard_tokens": self.shard_tokens, "validation_every": self.validation_every,
+                "validation_documents": self.validation_documents, "max_chars_per_piece": self.max_chars_per_piece,
+                "batch_docs": self.batch_docs, "batch_chars": self.batch_chars}
+
+
+def prepare_data(args: list[str] | None = None) -> Path:
+    """The command line in-process: parse ``[--config FILE] [--key value ...]``, prepare, return output_dir.
+
+    A rerun with everything complete only reads the manifests and returns.
+    """
+    (cfg,) = parse_config(PrepareConfig, args)
+    return prepare(cfg)
+
+
+def _dtype_for(cfg: PrepareConfig, vocab_size: int | None) -> str:
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "uint16" if vocab_size is not None and vocab_size <= 2**16 else "uint32"
+
+
+def _settings_diff(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+def _is_done(cfg: PrepareConfig, spec: SourceSpec, folder: Path) -> bool:
+    """True if ``folder`` holds a complete preparation with these settings and its shards match (cheap)."""
+    manifest = read_manifest(folder)
+    if manifest is None or not manifest.get("complete"):
+        return False
+    expected = cfg.settings(spec, manifest["dtype"] if cfg.dtype == "auto" else cfg.dtype)
+    if _settings_diff(manifest["settings"], expected) or cfg.overwrite:
+        return False
+    check_shards(folder, manifest)
+    return True
+
+
+def prepare(cfg: PrepareConfig) -> Path:
+    out = Path(cfg.output_dir)
+    specs = cfg.source_specs()
+    todo = [s for s in specs if not _is_done(cfg, s, out / s.name)]
+    if not todo:
+        log.info("all %d source(s) already prepared in %s", len(specs), out)
+        return out
+
+    if cfg.build_demo:
+        from ..demo import build_demo
+
+        build_demo(cfg.build_demo)
+
+    # ---- every check that can fail, before any work ----
+    tok = load_tokenizer(cfg.tokenizer)
+    dtype = _dtype_for(cfg, tok.vocab_size)
+    if tok.vocab_size > np.iinfo(dtype).max + 1:
+        raise ValueError(f"dtype: {dtype} holds ids below {np.iinfo(dtype).max + 1}, but tokenizer {cfg.tokenizer!r} "
+                         f"has {tok.vocab_size} tokens; use dtype: uint32 (or auto)")
+    for flag, tid in (("bos", tok.bos_token_id), ("eos", tok.eos_token_id)):
+        if getattr(cfg, flag) and tid is None:
+            raise ValueError(f"{flag}: true, but tokenizer {cfg.tokenizer!r} has no {flag.upper()} token")
+    bos_id = tok.bos_token_id if cfg.bos else None
+    eos_id = tok.eos_token_id if cfg.eos else None
+    Encoder(tok.json, bos_id, eos_id, cfg.max_chars_per_piece, dtype).check_splitting()
+    readers = {}
+    for spec in todo:
+        folder = out / spec.name
+        manifest = read_manifest(folder)
+        if manifest is not None and not cfg.overwrite:
+            diff = _settings_diff(manifest["settings"], cfg.settings(spec, dtype))
+            if manifest["tokenizer"]["hash"] != tok.hash:
+                diff.append("tokenizer (same name, different content)")
+            if diff:
+                raise ValueError(f"{folder / 'manifest.json'}: prepared with other settings ({', '.join(diff)}); "
+                                 f"use --overwrite true to prepare '{spec.name}' again from scratch, or another "
+                                 f"output_dir")
+        readers[spec.name] = SourceReader(spec)
+    for spec in todo:
+        readers[spec.name].check()
+
+    workers = len(os.sched_getaffinity(0)) if cfg.num_workers == -1 else cfg.num_workers
+    pool = None
+    if workers > 0:
+        # spawn, not fork: the parent may hold threads (pyarrow, torch) that a fork would copy mid-lock
+        pool = multiprocessing.get_context("spawn").Pool(
+            workers, initializer=init_worker,
+            initargs=(tok.json, bos_id, eos_id, cfg.max_chars_per_piece, dtype))
+    try:
+        for spec in todo:
+            prepare_source(cfg, spec, readers[spec.name], tok, dtype, out / spec.name, pool, workers)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return out
+
+
+# ---- one source ------------------------------------------------------------------------------------------------
+@dataclass
+class _State:
+    """Where reading stands, what was counted; snapshotted into each batch for the manifest."""
+
+    position: Position = field(default_factory=Position)
+    rows: int = 0
+    documents: int = 0  # documents accepted so far (train + validation), the validation selector's counter
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+
+    def snapshot(self) -> dict:
+        return {"position": self.position.to_dict(), "rows": self.rows, "documents": self.documents,
+                "skipped": dict(sorted(self.skipped.items()))}
+
+
+@dataclass
+class _Batch:
+    texts: list[str]
+    validation: np.ndarray  # bool per document
+    state: dict
+    last: bool = False
+
+
+def _batches(cfg: PrepareConfig, spec: SourceSpec, rows, state: _State) -> Iterator[_Batch]:
+    texts, val, chars = [], [], 0
+    limit = spec.max_documents
+    for text, reason, pos in rows:
+        state.position = pos
+        state.rows += 1
+        if reason:
+            state.skipped[reason] += 1
+            continue
+        d = state.documents
+        state.documents += 1
+        val.append(cfg.validation_documents > 0 and d % cfg.validation_every == 0
+                   and d // cfg.validation_every < cfg.validation_documents)
+        texts.append(text)
+        chars += len(text)
+        if limit and state.documents >= limit:
+            break
+        if len(texts) >= cfg.batch_docs or chars >= cfg.batch_chars:
+            yield _Batch(texts, np.array(val, dtype=bool), state.snapshot())
+            texts, val, chars = [], [], 0
+    yield _Batch(texts, np.array(val, dtype=bool), state.snapshot(), last=True)
+
+
+def _encoded(batches: Iterator[_Batch], encoder: Encoder | None, pool, workers: int):
+    """(batch, (ids, lengths)) in input order, at most ``2 x workers + 2`` batches in flight."""
+    empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+    if pool is None:
+        for b in batches:
+            yield b, (encoder.encode(b.texts) if b.texts else empty)
+        return
+    pending: collections.deque = collections.deque()
+    for b in batches:
+        pending.append((b, pool.apply_async(encode_in_worker, (b.texts,)) if b.texts else None))
+        while len(pending) > 2 * workers + 2:
+            b0, r = pending.popleft()
+            yield b0, (r.get() if r is not None else empty)
+    while pending:
+        b0, r = pending.popleft()
+        yield b0, (r.get() if r is not None else empty)
+
+
+def _clean(folder: Path, manifest: dict) -> None:
+    """Remove what a killed run may have left: temporary files, and shards the manifest does not list."""
+    for split in SPLITS:
+        d = folder / split
+        if not d.is_dir():
+            continue
+        listed = {shard_paths(folder, split, k)[i].name
+                  for k in range(len(manifest["splits"].get(split, []))) for i in (0, 1)}
+        for p in d.iterdir():
+            if p.name.startswith(TMP_PREFIX) or p.name not in listed:
+                p.unlink()
+    for p in folder.glob(f"{TMP_PREFIX}*"):
+        p.unlink() if p.is_file() else shutil.rmtree(p, ignore_errors=True)
+
+
+def _commit(folder: Path, manifest: dict, writers: dict[str, ShardWriter], state: dict, complete: bool) -> None:
+    """Close the open shards and record them, with the reading position, in the manifest (atomically)."""
+    for split, w in writers.items():
+        entry = w.close()
+        if entry is not None:
+            manifest["splits"][split].append(entry)
+    manifest["complete"] = complete
+    manifest["resume"] = state["position"]
+    stats = manifest["stats"]
+    stats["rows_read"] = state["rows"]
+    stats["skipped"] = state["skipped"]
+    for split in SPLITS:
+        stats["documents"][split] = sum(e["documents"] for e in manifest["splits"][split])
+        stats["tokens"][split] = sum(e["tokens"] for e in manifest["splits"][split])
+    write_manifest(folder, manifest)
+
+
+def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, tok: TokenizerInfo, dtype: str,
+                   folder: Path, pool, workers: int) -> dict:
+    manifest = read_manifest(folder)
+    if manifest is not None and cfg.overwrite:
+        log.info("%s: --overwrite: removing the previous preparation", spec.name)
+        for split in SPLITS:
+            shutil.rmtree(folder / split, ignore_errors=True)
+        (folder / "manifest.json").unlink()
+        manifest = None
+    if manifest is None:
+        manifest = {
+            "format": FORMAT, "source": spec.name, "complete": False, "dtype": dtype,
+            "tokenizer": tok.to_dict(), "bos": cfg.bos, "eos": cfg.eos,
+            "validation": f"documents 0, {cfg.validation_every}, {2 * cfg.validation_every}, ... (counted after "
+                          f"filters, in input order), at most {cfg.validation_documents}",
+            "settings": cfg.settings(spec, dtype),
+            "resume": Position().to_dict(),
+            "stats": {"rows_read": 0, "documents": {s: 0 for s in SPLITS}, "tokens": {s: 0 for s in SPLITS},
+                      "skipped": {}},
+            "splits": {s: [] for s in SPLITS},
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+    elif manifest.get("complete"):
+        return manifest
+    _clean(folder, manifest)
+    check_shards(folder, manifest)
+
+    state = _State(position=Position(**manifest["resume"]), rows=manifest["stats"]["rows_read"],
+                   documents=sum(manifest["stats"]["documents"].values()),
+                   skipped=collections.Counter(manifest["stats"]["skipped"]))
+    resumed = state.rows > 0
+    writers = {s: ShardWriter(folder, s, np.dtype(dtype), len(manifest["splits"][s])) for s in SPLITS}
+    encoder = None if pool is not None else Encoder(tok.json, tok.bos_token_id if cfg.bos else None,
+                                                    tok.eos_token_id if cfg.eos else None,
+                                                    cfg.max_chars_per_piece, dtype)
+    log.info("%s: %s %s -> %s", spec.name, "resuming" if resumed else "reading", reader.describe(), folder)
+    from tqdm.auto import tqdm
+
+    t0, new_tokens = time.perf_counter(), 0
+    bar = tqdm(desc=spec.name, unit=" docs", disable=None, file=sys.stderr, initial=state.documents)
+    try:
+        for batch, (ids, lengths) in _encoded(_batches(cfg, spec, reader.rows(state.position), state),
+                                              encoder, pool, workers):
+            if len(lengths):
+                val = batch.validation
+                if val.any():
+                    tok_mask = np.repeat(val, lengths)
+                    writers["validation"].add(ids[tok_mask], lengths[val])
+                    writers["train"].add(ids[~tok_mask], lengths[~val])
+                else:
+                    writers["train"].add(ids, lengths)
+                new_tokens += len(ids)
+                bar.update(len(lengths))
+                bar.set_postfix(tokens=f"{new_tokens:.3g}", refresh=False)
+            if batch.last or writers["train"].tokens >= cfg.shard_tokens:
+                if batch.last and batch.state["documents"] == 0:
+                    raise ValueError(f"source '{spec.name}': no documents in {reader.describe()} (rows read: "
+                                     f"{batch.state['rows']}; skipped: {batch.state['skipped'] or 'none'})")
+                _commit(folder, manifest, writers, batch.state, complete=batch.last)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        bar.close()
+    dt = time.perf_counter() - t0
+    st = manifest["stats"]
+    log.info("%s: %d train + %d validation documents, %d + %d tokens (%d new in %.1fs, %.0f tokens/s); skipped: %s",
+             spec.name, st["documents"]["train"], st["documents"]["validation"], st["tokens"]["train"],
+             st["tokens"]["validation"], new_tokens, dt, new_tokens / max(dt, 1e-9), st["skipped"] or "none")
+    return copy.deepcopy(manifest)
+
+
+def prepare_from_config(path_or_args: str | os.PathLike | list[str]) -> Path:
+    """``prepare_from_config("configs/data/demo.yaml")`` or with a list of command-line arguments."""
+    if isinstance(path_or_args, (str, os.PathLike)):
+        return prepare_data(["--config", str(path_or_args)])
+    return prepare_data(list(path_or_args))

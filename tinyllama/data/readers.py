@@ -1,0 +1,408 @@
+"""Reading raw corpora row by row, from local files or a Hub dataset streamed with ``datasets``, with filters.
+
+Every row read ends as either a document (its text) or a skip reason that the manifest counts: a bad row never
+stops a run and is never silently lost. Problems with the source as a whole (missing path, no file matched, the text
+field absent from the data, a Hub id while offline) raise at once, before any tokenization.
+
+Local ``jsonl`` is read line by line here rather than with ``datasets``' JSON loader, because that loader fails a
+whole file on one line of invalid UTF-8 or JSON, and cannot seek: a resumed run seeks to the byte offset recorded
+in the manifest instead of reading the file again from its start.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+LOCAL_FORMATS = ("jsonl", "json", "parquet", "txt")
+FORMATS = ("auto", "hub") + LOCAL_FORMATS
+_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".txt": "txt"}
+_COMPRESSION = (".gz", ".zst")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class Filter:
+    """Keep a row only if ``field`` (dotted path into nested objects) is in ``in_`` / not in ``not_in``."""
+
+    field: str
+    in_: list | None = None
+    not_in: list | None = None
+
+    def reason(self, row: dict) -> str | None:
+        value = get_field(row, self.field)
+        if value is _MISSING:
+            return f"missing filter field {self.field}"
+        if self.in_ is not None and value not in self.in_:
+            return f"filtered: {self.field} not in {self.in_}"
+        if self.not_in is not None and value in self.not_in:
+            return f"filtered: {self.field} == {value!r}"
+        return None
+
+
+@dataclass
+class SourceSpec:
+    """One raw corpus, as written under ``sources:`` in a data config (see docs/data.md)."""
+
+    name: str
+    path: str  # Hub dataset id, or a local file, folder or glob
+    format: str = "auto"
+    text_field: str = "text"
+    filters: list[Filter] = field(default_factory=list)
+    subset: str | None = None  # Hub: the dataset's config name
+    data_dir: str | None = None  # Hub: a sub-folder (e.g. Starcoderdata's per-language "python")
+    data_files: Any = None  # Hub: file patterns, passed to datasets.load_dataset
+    split: str = "train"
+    revision: str | None = None
+    max_documents: int | None = None  # stop after this many documents (a smoke test of a real config)
+
+    KEYS = ("path", "format", "text_field", "filters", "subset", "data_dir", "data_files", "split", "revision",
+            "max_documents")
+
+    @classmethod
+    def from_dict(cls, name: str, spec: Any, errors: list[str]) -> "SourceSpec | None":
+        """Build from a YAML mapping, appending every problem to ``errors``."""
+        where = f"sources.{name}"
+        n_errors = len(errors)
+        if not isinstance(spec, dict):
+            errors.append(f"{where}: expected a mapping with at least 'path', got {spec!r}")
+            return None
+        for key in spec:
+            if key not in cls.KEYS:
+                errors.append(f"{where}: unknown key '{key}' (known: {', '.join(cls.KEYS)})")
+        if not isinstance(spec.get("path"), str) or not spec.get("path"):
+            errors.append(f"{where}.path: required (a Hub dataset id or local files)")
+        fmt = spec.get("format", "auto")
+        if fmt not in FORMATS:
+            errors.append(f"{where}.format: {fmt!r} is not one of {', '.join(FORMATS)}")
+        for key in ("text_field", "split"):
+            if key in spec and not (isinstance(spec[key], str) and spec[key]):
+                errors.append(f"{where}.{key}: expected a non-empty string, got {spec[key]!r}")
+        for key in ("subset", "data_dir", "revision"):
+            if spec.get(key) is not None and not isinstance(spec[key], str):
+                errors.append(f"{where}.{key}: expected a string, got {spec[key]!r}")
+        md = spec.get("max_documents")
+        if md is not None and (isinstance(md, bool) or not isinstance(md, int) or md < 1):
+            errors.append(f"{where}.max_documents: expected a positive integer, got {md!r}")
+        filters = []
+        raw_filters = spec.get("filters") or []
+        if not isinstance(raw_filters, list):
+            errors.append(f"{where}.filters: expected a list of {{field: ..., not_in: [...]}} mappings")
+            raw_filters = []
+        for k, f in enumerate(raw_filters):
+            fw = f"{where}.filters[{k}]"
+            if not isinstance(f, dict) or not isinstance(f.get("field"), str):
+                errors.append(f"{fw}: expected a mapping with 'field' and 'in' or 'not_in'")
+                continue
+            extra = set(f) - {"field", "in", "not_in"}
+            if extra:
+                errors.append(f"{fw}: unknown key(s) {sorted(extra)} (known: field, in, not_in)")
+            if ("in" in f) == ("not_in" in f):
+                errors.append(f"{fw}: give exactly one of 'in' or 'not_in'")
+                continue
+            values = f.get("in", f.get("not_in"))
+            if not isinstance(values, list):
+                errors.append(f"{fw}: 'in'/'not_in' must be a list of values")
+                continue
+            filters.append(Filter(f["field"], in_=f.get("in"), not_in=f.get("not_in")))
+        if len(errors) > n_errors:
+            return None
+        return cls(name=name, path=spec["path"], format=fmt, text_field=spec.get("text_field", "text"),
+                   filters=filters, subset=spec.get("subset"), data_dir=spec.get("data_dir"),
+                   data_files=spec.get("data_files"), split=spec.get("split", "train"),
+                   revision=spec.get("revision"), max_documents=md)
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in self.KEYS if k != "filters"}
+        out["filters"] = [{"field": f.field, **({"in": f.in_} if f.in_ is not None else {"not_in": f.not_in})}
+                          for f in self.filters]
+        return out
+
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A row that could not be read as an object; counted in the manifest under ``reason``."""
+
+    reason: str
+
+
+def get_field(row: dict, dotted: str):
+    """``row["a"]["b"]`` for ``"a.b"``; a JSON string on the way is parsed (proof-pile-2 stores ``meta`` as one)."""
+    value: Any = row
+    for part in dotted.split("."):
+        if isinstance(value, str) and value[:1] == "{":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return _MISSING
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+# ---- resolving a source ----------------------------------------------------------------------------------------
+def _file_format(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes = suffixes[:-1]
+    return _SUFFIXES.get(suffixes[-1]) if suffixes else None
+
+
+def is_hub(spec: SourceSpec) -> bool:
+    if spec.format == "hub":
+        return True
+    if spec.format != "auto" or Path(spec.path).exists() or glob.has_magic(spec.path):
+        return False
+    return bool(_HUB_ID.match(spec.path)) and _file_format(Path(spec.path)) is None
+
+
+def local_files(spec: SourceSpec) -> list[tuple[Path, str]]:
+    """The files of a local source in a fixed (sorted) order, each with its format; raise if there are none."""
+    p = Path(spec.path)
+    if glob.has_magic(spec.path):
+        files = sorted(Path(f) for f in glob.glob(spec.path, recursive=True) if Path(f).is_file())
+        if not files:
+            raise FileNotFoundError(f"source '{spec.name}': no file matches {spec.path!r}")
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and _file_format(f) and not f.name.startswith("."))
+        if not files:
+            raise FileNotFoundError(f"source '{spec.name}': no .jsonl/.json/.parquet/.txt file under {p}")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise FileNotFoundError(f"source '{spec.name}': path not found: {spec.path}")
+    out = []
+    for f in files:
+        fmt = spec.format if spec.format in LOCAL_FORMATS else _file_format(f)
+        if fmt is None:
+            raise ValueError(f"source '{spec.name}': cannot tell the format of {f} from its name; set format: "
+                             f"{'/'.join(LOCAL_FORMATS)}")
+        if f.suffix.lower() == ".zst":
+            try:
+                import zstandard  # noqa: F401
+            except ImportError:
+                raise ValueError(f"source '{spec.name}': {f} is zstd-compressed: pip install zstandard") from None
+        out.append((f, fmt))
+    return out
+
+
+def _open_binary(path: Path):
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rb")
+    if path.suffix.lower() == ".zst":
+        import zstandard
+
+        return io.BufferedReader(zstandard.open(path, "rb"))
+    return open(path, "rb")
+
+
+# ---- rows ------------------------------------------------------------------------------------------------------
+@dataclass
+class Position:
+    """Where reading stopped: the next row to read is row ``row`` of file ``file`` (byte ``offset`` in a jsonl)."""
+
+    file: int = 0
+    row: int = 0
+    offset: int = 0
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "row": self.row, "offset": self.offset}
+
+
+class SourceReader:
+    """Iterate ``(text or None, skip reason or None, position after the row)`` over a source, from a position."""
+
+    def __init__(self, spec: SourceSpec):
+        self.spec = spec
+        self._peeking = False
+        self.hub = is_hub(spec)
+        if self.hub:
+            if not _HUB_ID.match(spec.path) and spec.path not in ("json", "parquet", "text", "csv"):
+                raise FileNotFoundError(f"source '{spec.name}': path not found: {spec.path}")
+            from .tokenize import _offline
+
+            if _offline() or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+                raise ValueError(
+                    f"source '{spec.name}': {spec.path!r} is not a local path, so it would be streamed from the "
+                    f"Hugging Face Hub, but offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE). Go online, "
+                    f"or point sources.{spec.name}.path at local files")
+            self.files: list[tuple[Path, str]] = []
+        else:
+            self.files = local_files(spec)
+
+    def describe(self) -> str:
+        return f"{self.spec.path} (Hub)" if self.hub else f"{self.spec.path} ({len(self.files)} file(s))"
+
+    # -- checks before any work --
+    def check(self) -> None:
+        """Fail now, naming the file, if the text field or a filter field is not in the data at all."""
+        self._peeking = True
+        try:
+            first = next(self._rows(Position(), peek=True), None)
+        finally:
+            self._peeking = False
+        if first is None:
+            raise ValueError(f"source '{self.spec.name}': empty source, no rows in {self.describe()}")
+        row, where = first
+        fields = [self.spec.text_field] + [f.field for f in self.spec.filters]
+        for name in fields:
+            if get_field(row, name) is _MISSING:
+                have = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+                kind = "text_field" if name == self.spec.text_field else "filter field"
+                raise ValueError(f"source '{self.spec.name}': {where} has no field '{name}' ({kind}); its fields "
+                                 f"are: {have}")
+
+    def rows(self, start: Position) -> Iterator[tuple[str | None, str | None, Position]]:
+        spec = self.spec
+        for row, pos in self._rows(start):
+            if isinstance(row, Bad):  # a problem with the row itself (encoding, JSON)
+                yield None, row.reason, pos
+                continue
+            text = get_field(row, spec.text_field)
+            if text is _MISSING or text is None:
+                yield None, f"missing field {spec.text_field}", pos
+                continue
+            if not isinstance(text, str):
+                yield None, f"{spec.text_field} is not a string", pos
+                continue
+            reason = None
+            for f in spec.filters:
+                reason = f.reason(row)
+                if reason:
+                    break
+            if reason:
+                yield None, reason, pos
+            elif not text:
+                yield None, "empty text", pos
+            else:
+                yield text, None, pos
+
+    def _rows(self, start: Position, peek: bool = False) -> Iterator[tuple[Any, Position]]:
+        """Yield (row dict or Bad, position after it); with ``peek``, (first row, where it is) and stop."""
+        if self.hub:
+            yield from self._hub_rows(start, peek)
+            return
+        for i in range(start.file, len(self.files)):
+            path, fmt = self.files[i]
+            at = start if i == start.file else Position(i, 0, 0)
+            reader = {"jsonl": self._jsonl, "json": self._json, "parquet": self._parquet, "txt": self._txt}[fmt]
+            for row, pos in reader(path, at):
+                if peek:
+                    if isinstance(row, Bad):
+                        continue  # a bad first row is counted later; look for the first good one
+                    yield row, f"{path} row {pos.row}"
+                    return
+                yield row, pos
+
+    def _jsonl(self, path: Path, at: Position):
+        with _open_binary(path) as f:
+            if at.offset:
+                f.seek(at.offset)
+            offset, row = at.offset, at.row
+            for line in f:
+                offset += len(line)
+                row += 1
+                pos = Position(at.file, row, offset)
+                if not line.strip():
+                    yield Bad("blank line"), pos
+                    continue
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    yield Bad("invalid UTF-8"), pos
+                    continue
+                try:
+                    obj = json.loads(text)
+                except ValueError:
+                    yield Bad("invalid JSON"), pos
+                    continue
+                if not isinstance(obj, dict):
+                    yield Bad("row is not a JSON object"), pos
+                    continue
+                if b"\\ud" in line or b"\\uD" in line:  # an escaped lone surrogate is not valid text
+                    try:
+                        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+                    except UnicodeEncodeError:
+                        yield Bad("invalid UTF-8"), pos
+                        continue
+                yield obj, pos
+
+    def _json(self, path: Path, at: Position):
+        with _open_binary(path) as f:
+            head = f.read(1024).lstrip()
+        if not head.startswith(b"["):
+            yield from self._jsonl(path, at)  # JSON lines in a .json file, as datasets accepts too
+            return
+        try:
+            with _open_binary(path) as f:
+                rows = json.loads(f.read().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"source '{self.spec.name}': {path} is not a valid JSON array ({e})") from None
+        for row in range(at.row, len(rows)):
+            obj = rows[row]
+            yield (obj if isinstance(obj, dict) else Bad("row is not a JSON object")), Position(at.file, row + 1, 0)
+
+    def _parquet(self, path: Path, at: Position):
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        wanted = {f.split(".")[0] for f in [self.spec.text_field] + [f.field for f in self.spec.filters]}
+        # only the columns the text and the filters need (all of them when peeking, to name them in an error)
+        columns = None if self._peeking else [c for c in names if c in wanted]
+        row = 0
+        for rg in range(pf.num_row_groups):
+            n = pf.metadata.row_group(rg).num_rows
+            if row + n <= at.row:  # resuming: skip whole row groups without reading them
+                row += n
+                continue
+            table = pf.read_row_group(rg, columns=columns)
+            skip = at.row - row if at.row > row else 0
+            row += skip
+            for batch in table.slice(skip).to_batches(max_chunksize=4096):
+                for obj in batch.to_pylist():
+                    row += 1
+                    yield obj, Position(at.file, row, 0)
+
+    def _txt(self, path: Path, at: Position):
+        if at.row > 0:
+            return
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            yield Bad("invalid UTF-8"), Position(at.file, 1, 0)
+            return
+        yield {self.spec.text_field: text}, Position(at.file, 1, 0)
+
+    def _hub_rows(self, start: Position, peek: bool):
+        import datasets
+
+        spec = self.spec
+        try:
+            ds = datasets.load_dataset(spec.path, name=spec.subset, data_dir=spec.data_dir,
+                                       data_files=spec.data_files, split=spec.split, revision=spec.revision,
+                                       streaming=True)
+        except Exception as e:  # not found, gated, no such split/config: say which source, keep the cause
+            raise ValueError(f"source '{spec.name}': cannot stream {spec.path!r} from the Hub: "
+                             f"{type(e).__name__}: {e}") from None
+        if start.row:
+            ds = ds.skip(start.row)
+        row = start.row
+        for obj in ds:
+            row += 1
+            if peek:
+                yield obj, f"{spec.path} row {row}"
+                return
+            yield obj, Position(0, row, 0)

@@ -1,0 +1,211 @@
+"""Tokenization for preparation: load a fast tokenizer, fingerprint it, split very long documents, encode batches.
+
+This module is imported by the worker processes, so it imports neither torch nor transformers at module level.
+
+Long documents are split at line boundaries into pieces of at most ``max_chars`` characters before encoding, and the
+pieces' ids are concatenated. Two reasons: the Llama-2 fast tokenizer's ``Replace`` normalizer was quadratic in the
+length of its input before tokenizers 0.19 (a 400k-character document took over 20 s), and one huge document would
+otherwise stall a worker and its whole batch. A piece other than the first must be encoded *without* the
+start-of-text marker that SentencePiece-style tokenizers prepend (Llama's ``Prepend("▁")`` normalizer, or a
+``Metaspace`` pre-tokenizer), or decoding would put a space at every cut: ``continuation_tokenizer`` derives that
+variant, and ``Encoder`` checks at start-up that decoding the concatenation gives back the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    name: str
+    hash: str  # sha256 of the backend tokenizer's canonical JSON
+    vocab_size: int  # len(tokenizer): every id the tokenizer can produce, added tokens included
+    bos_token_id: int | None
+    eos_token_id: int | None
+    json: str  # the backend tokenizer, serialized (what the workers load)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "hash": self.hash, "vocab_size": self.vocab_size,
+                "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id}
+
+
+def _offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def load_tokenizer(name_or_path: str) -> TokenizerInfo:
+    """Load a fast tokenizer (local folder or Hub id) and describe it; clear errors for the usual mistakes."""
+    from transformers import AutoTokenizer
+
+    local = Path(name_or_path).is_dir()
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        if local:
+            raise ValueError(f"tokenizer {name_or_path!r}: cannot load the folder: {e}") from None
+        hint = (" Offline mode is on (HF_HUB_OFFLINE=1) and it is not in the Hugging Face cache: download it once "
+                "online, or name a local tokenizer folder." if _offline() else
+                " Check the Hub id (and `huggingface-cli login` for a gated repo), or name a local tokenizer folder.")
+        raise ValueError(f"tokenizer {name_or_path!r}: not a local folder and could not be loaded from the Hub.{hint}"
+                         ) from None
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"tokenizer {name_or_path!r} has no fast (Rust) implementation; preparation needs one")
+    text = tok.backend_tokenizer.to_str()
+    canonical = json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False)
+    return TokenizerInfo(
+        name=str(name_or_path),
+        hash=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        json=text,
+    )
+
+
+def continuation_tokenizer(tokenizer_json: str) -> str:
+    """The same tokenizer without its start-of-text marker, for the pieces of a split document after the first."""
+    spec = json.loads(tokenizer_json)
+
+    def normalizer(n):
+        if not n:
+            return n
+        if n.get("type") == "Prepend":
+            return None
+        if n.get("type") == "Sequence":
+            n["normalizers"] = [x for x in (normalizer(m) for m in n["normalizers"]) if x is not None]
+        return n
+
+    def pre_tokenizer(p):
+        if not p:
+            return p
+        if p.get("type") == "Metaspace":
+            p["prepend_scheme"] = "never"
+            p.pop("add_prefix_space", None)
+        elif p.get("type") == "ByteLevel":
+            p["add_prefix_space"] = False
+        elif p.get("type") == "Sequence":
+            p["pretokenizers"] = [pre_tokenizer(m) for m in p["pretokenizers"]]
+        return p
+
+    spec["normalizer"] = normalizer(spec.get("normalizer"))
+    spec["pre_tokenizer"] = pre_tokenizer(spec.get("pre_tokenizer"))
+    return json.dumps(spec, ensure_ascii=False)
+
+
+def split_text(text: str, max_chars: int) -> list[str]:
+    """Cut ``text`` into pieces of at most ``max_chars`` characters, after a newline where there is one in reach,
+    else before a space, else anywhere; ``"".join(pieces) == text``."""
+    if max_chars <= 0 or len(text) <= max_chars:
+        return [text]
+    pieces, start, n = [], 0, len(text)
+    while n - start > max_chars:
+        end = start + max_chars
+        cut = text.rfind("\n", start, end) + 1  # just after the last newline in reach
+        if cut <= start:
+            cut = text.rfind(" ", start + 1, end)  # before a space: the space starts the next piece, as it would
+            if cut <= start:
+                cut = end
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+_PROBES = [("Hello world.\n", "  indented line\nnext"), ("a\n", "b c"), ("x", " y"), ("床前明月光，\n", "疑是地上霜。"),
+           ("def f():\n", "    return 1\n")]
+
+
+class Encoder:
+    """Encode batches of documents into one flat id array plus per-document lengths, applying the BOS/EOS policy."""
+
+    def __init__(self, tokenizer_json: str, bos_id: int | None, eos_id: int | None, max_chars: int, dtype: str):
+        from tokenizers import Tokenizer
+
+        self.first = Tokenizer.from_str(tokenizer_json)
+        self.cont = Tokenizer.from_str(continuation_tokenizer(tokenizer_json)) if max_chars > 0 else None
+        self.bos = [] if bos_id is None else [bos_id]
+        self.eos = [] if eos_id is None else [eos_id]
+        self.max_chars = max_chars
+        self.dtype = np.dtype(dtype)
+
+    def check_splitting(self) -> None:
+        """Raise ValueError if encoding a document in pieces would not decode back to the document."""
+        if self.cont is None:
+            return
+        for a, b in _PROBES:
+            ids = self.first.encode(a, add_special_tokens=False).ids
+            if self.first.decode(ids) != a:
+                continue  # a lossy tokenizer (e.g. NFKC, lowercasing): nothing to compare against
+            ids = ids + self.cont.encode(b, add_special_tokens=False).ids
+            if self.first.decode(ids) != a + b:
+                raise ValueError(
+                    f"this tokenizer does not decode a document split at a line boundary back to the document "
+                    f"({a + b!r} came back as {self.first.decode(ids)!r}); set max_chars_per_piece: 0 to encode "
+                    f"documents whole")
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Return (ids of all documents concatenated, number of ids per document)."""
+        firsts, rest, owner = [], [], []
+        for d, text in enumerate(texts):
+            pieces = split_text(text, self.max_chars)
+            firsts.append(pieces[0])
+            if len(pieces) > 1:
+                rest.extend(pieces[1:])
+                owner.extend([d] * (len(pieces) - 1))
+        encs = self.first.encode_batch_fast(firsts, add_special_tokens=False)
+        cont = self.cont.encode_batch_fast(rest, add_special_tokens=False) if rest else []
+        # Python lists of ids, in output order, BOS/EOS as their own one-element lists
+        seqs: list[list[int]] = []
+        lengths = np.empty(len(texts), dtype=np.int64)
+        extra = len(self.bos) + len(self.eos)
+        j = 0
+        for d, enc in enumerate(encs):
+            if self.bos:
+                seqs.append(self.bos)
+            ids = enc.ids
+            seqs.append(ids)
+            n = len(ids) + extra
+            while j < len(owner) and owner[j] == d:
+                ids = cont[j].ids
+                seqs.append(ids)
+                n += len(ids)
+                j += 1
+            if self.eos:
+                seqs.append(self.eos)
+            lengths[d] = n
+        out = np.empty(int(lengths.sum()), dtype=self.dtype)
+        pos = 0
+        for ids in seqs:  # slice assignment from a list runs in C; one Python step per piece, not per token
+            k = len(ids)
+            out[pos:pos + k] = ids
+            pos += k
+        return out, lengths
+
+
+# ---- worker-process side ----------------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def init_worker(tokenizer_json: str, bos_id, eos_id, max_chars: int, dtype: str) -> None:
+    # One Rust thread per worker process: the pool provides the parallelism, rayon on top would oversubscribe.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER["encoder"] = Encoder(tokenizer_json, bos_id, eos_id, max_chars, dtype)
+
+
+def encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return _WORKER["encoder"].encode(texts)
