@@ -198,6 +198,37 @@ def check_suite_tasks(suite: Suite, index: dict | None = None) -> list[str]:
     return errors
 
 
+def parse_tokens(value) -> float | None:
+    """``103B``, ``1.5T``, ``2.5M``, ``12K`` or a number -> tokens."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    s = str(value).strip().upper()
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}.get(s[-1:])
+    return float(s[:-1]) * scale if scale else float(s)
+
+
+def load_reference(path: str | os.PathLike = REFERENCE_FILE) -> dict:
+    """TinyLlama's published scores per suite: ``{suite: {source, metrics: {task: metric}, rows: [...]}}``."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    suites = data.get("suites")
+    if not isinstance(suites, dict):
+        raise ValueError(f"{path}: expected a mapping 'suites: {{name: {{source, metrics, rows}}}}'")
+    for name, ref in suites.items():
+        for key in ("source", "metrics", "rows"):
+            if key not in ref:
+                raise ValueError(f"{path}: suite {name} has no {key!r}")
+        for row in ref["rows"]:
+            if not isinstance(row.get("model"), str) or not isinstance(row.get("scores"), dict):
+                raise ValueError(f"{path}: suite {name}: each row needs model and scores, got {row!r}")
+            unknown = set(row["scores"]) - set(ref["metrics"])
+            if unknown:
+                raise ValueError(f"{path}: suite {name}, {row['model']}: no metric declared for {sorted(unknown)}")
+            parse_tokens(row.get("tokens"))
+    return suites
+
+
 # ----------------------------------------------------------------------------------------------- models
 @dataclasses.dataclass
 class ResolvedModel:
@@ -255,13 +286,16 @@ def export_checkpoint_on_the_fly(checkpoint_dir: Path) -> Path:
     """``outputs/<run>/checkpoints/step-N`` -> ``outputs/<run>/export/step-N``, exporting it when missing.
 
     The export is what the pretraining loop writes anyway; when it is not there, this is the one call into
-    the training package: ``tinyllama.training.export_checkpoint(checkpoint_dir, out_dir)``.
+    the training package: ``tinyllama.training[.checkpoint].export_checkpoint(checkpoint_dir, out_dir)``.
     """
     out = checkpoint_dir.parent.parent / "export" / checkpoint_dir.name
     if is_model_folder(out):
         return out
     try:
-        from tinyllama.training import export_checkpoint
+        try:
+            from tinyllama.training import export_checkpoint
+        except ImportError:
+            from tinyllama.training.checkpoint import export_checkpoint
     except ImportError:
         raise FileNotFoundError(
             f"{checkpoint_dir} is a training checkpoint and its export {out} does not exist; this install has no "

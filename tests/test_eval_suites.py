@@ -1,0 +1,249 @@
+"""Evaluation suites, reference scores, the runner's checks and its offline task generation (no model runs)."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tinyllama import evaluation as ev
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "evaluation" / "run_lm_eval.sh"
+
+
+def test_suites_exist_with_the_published_task_lists():
+    assert {"commonsense", "instruct", "math_code", "chinese"} <= set(ev.available_suites())
+    assert ev.load_suite("commonsense").task_names == [
+        "hellaswag", "openbookqa", "winogrande", "arc_challenge", "arc_easy", "boolq", "piqa"]
+    assert all(t.num_fewshot == 0 for t in ev.load_suite("commonsense").tasks)
+    shots = {t.task: t.num_fewshot for t in ev.load_suite("instruct").tasks}
+    assert shots == {"mmlu": 5, "bbh_fewshot": 3, "humaneval": 0, "drop": 3}
+    assert ev.load_suite("instruct").requires_code_execution
+    assert not ev.load_suite("commonsense").requires_code_execution
+
+
+@pytest.mark.parametrize("name", ev.available_suites())
+def test_every_suite_names_only_tasks_in_the_installed_lm_eval(name):
+    """Task names (and groups) are checked against lm-eval's own task index, as are the reported metric and
+    the code-execution flag of each task."""
+    suite = ev.load_suite(name)
+    all_tasks = set(ev.lm_eval_task_index())  # the keys of TaskManager().task_index, i.e. TaskManager().all_tasks
+    assert set(suite.task_names) <= all_tasks
+    assert ev.check_suite_tasks(suite) == []
+
+
+def test_check_suite_tasks_reports_unknown_task_and_wrong_flags(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"tasks": [{"task": "hellaswagg"}, {"task": "humaneval"},
+                                             {"task": "hellaswag", "metric": "bleu"}]}))
+    errors = ev.check_suite_tasks(ev.load_suite(bad))
+    assert any("hellaswagg" in e and "hellaswag" in e.split("close:")[1] for e in errors)
+    assert any("humaneval" in e and "unsafe_code" in e for e in errors)
+    assert any("bleu" in e for e in errors)
+
+
+def test_load_suite_reports_every_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"taks": 1, "tasks": [{"task": "a", "num_fewshot": -1, "foo": 1}, {"x": 1}]}))
+    with pytest.raises(ValueError) as e:
+        ev.load_suite(bad)
+    msg = str(e.value)
+    assert "taks" in msg and "num_fewshot" in msg and "foo" in msg and "tasks[1]" in msg
+    with pytest.raises(ValueError, match="did you mean 'commonsense'"):
+        ev.load_suite("commonsens")
+
+
+def test_reference_scores_match_suites_and_published_averages():
+    ref = ev.load_reference()
+    assert set(ref) <= set(ev.available_suites())
+    for suite_name, data in ref.items():
+        suite = ev.load_suite(suite_name)
+        for task, metric in data["metrics"].items():
+            assert suite.get(task) is not None, f"{task} of the reference is not in suite {suite_name}"
+            assert suite.get(task).metric.split(",")[0] == metric, f"{suite_name}/{task}: metric differs"
+        for row in data["rows"]:
+            assert set(row["scores"]) == set(data["metrics"]), row["model"]
+            if row.get("avg") is not None:  # catches a mistyped score (the published v1.0 avg is off by 0.02)
+                mean = sum(row["scores"].values()) / len(row["scores"])
+                assert abs(mean - row["avg"]) < 0.03, (row["model"], mean, row["avg"])
+    rows = {r["model"]: r for r in ref["commonsense"]["rows"]}
+    assert rows["TinyLlama v1.1"]["scores"]["hellaswag"] == 61.47
+    assert ev.parse_tokens(rows["TinyLlama v1.0"]["tokens"]) == 3e12
+
+
+# ------------------------------------------------------------------------------------------------ the script's checks
+def _script(*args, env=None, cwd=None):
+    e = {**os.environ, **(env or {})}
+    for k in ("EVAL_OUT", "EVAL_BACKEND", "EVAL_TASKS", "EVAL_DATA_DIR", "ALLOW_CODE_EXECUTION"):
+        if env is None or k not in env:
+            e.pop(k, None)
+    t = time.time()
+    p = subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=e, cwd=cwd,
+                       timeout=120)
+    return p, time.time() - t
+
+
+@pytest.fixture(scope="module")
+def fake_model(tmp_path_factory):
+    """A folder that passes the model-folder checks (never loaded: every case fails before)."""
+    d = tmp_path_factory.mktemp("m") / "model"
+    d.mkdir()
+    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+        (d / f).write_text("{}")
+    return d
+
+
+@pytest.mark.parametrize("case", ["unknown_suite", "missing_path", "missing_run_export", "no_args",
+                                  "code_execution", "owned_arg", "vllm_missing", "not_a_model", "hub_offline"])
+def test_script_rejects_bad_input_with_a_clear_message(case, fake_model, tmp_path):
+    env = {"EVAL_OUT": str(tmp_path / "out")}
+    args, expect = {
+        "unknown_suite": ([fake_model, "commonsence"], "unknown suite 'commonsence' (did you mean 'commonsense'?)"),
+        "missing_path": ([tmp_path / "nope"], "model not found"),
+        "missing_run_export": (["outputs/no-such-run/export/final"], "model not found"),
+        "no_args": ([], "usage: bash evaluation/run_lm_eval.sh MODEL [SUITE]"),
+        "code_execution": ([fake_model, "instruct"], "ALLOW_CODE_EXECUTION=1"),
+        "owned_arg": ([fake_model, "--tasks", "piqa"], "use EVAL_TASKS"),
+        "vllm_missing": ([fake_model], "vllm is not installed"),
+        "not_a_model": ([tmp_path], "is not a model folder"),
+        "hub_offline": (["TinyLlama/no-such-model-xyz"], "HF_HUB_OFFLINE=1 and it is not in the local"),
+    }[case]
+    if case == "vllm_missing":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is not None:
+            pytest.skip("vllm is installed here")
+        env["EVAL_BACKEND"] = "vllm"
+    p, seconds = _script(*args, env=env)
+    assert p.returncode == 2, p.stderr
+    assert expect in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "out").exists()  # nothing written, nothing loaded
+    assert seconds < 20
+
+
+# ------------------------------------------------------------------------------------------------ models
+def _model_folder(path: Path, tokens=None, step=None):
+    path.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+        (path / f).write_text("{}")
+    if tokens is not None:
+        (path / ev.TRAINING_METADATA_FILE).write_text(json.dumps({"tokens_seen": tokens, "step": step}))
+    return path
+
+
+def test_resolve_model_folder_run_export_and_checkpoint(tmp_path):
+    run = tmp_path / "outputs" / "myrun"
+    export = _model_folder(run / "export" / "step-000200", tokens=819200, step=200)
+    (run / "export" / "final").symlink_to("step-000200")
+    (run / "checkpoints" / "step-000200").mkdir(parents=True)
+    for model in (export, run / "export" / "final", run / "checkpoints" / "step-000200"):
+        r = ev.resolve_model(model)
+        assert r.source == str(export.resolve()) and r.local
+        assert (r.name, r.label, r.tokens_seen, r.step) == ("step-000200", "myrun/step-000200", 819200, 200)
+        assert r.default_out() == run.resolve() / "eval"
+    plain = _model_folder(tmp_path / "plain")
+    r = ev.resolve_model(plain)
+    assert (r.run_dir, r.tokens_seen, r.step) == (None, None, None) and r.default_out() == ev.DEFAULT_OUT
+
+
+def test_checkpoint_without_export_is_exported_with_the_training_hook(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step-000300"
+    ckpt.mkdir(parents=True)
+    calls = []
+
+    def export_checkpoint(checkpoint_dir, out_dir):
+        calls.append((Path(checkpoint_dir), Path(out_dir)))
+        _model_folder(Path(out_dir), tokens=1000, step=300)
+        return Path(out_dir)
+
+    fake = types.ModuleType("tinyllama.training")
+    fake.export_checkpoint = export_checkpoint
+    monkeypatch.setitem(sys.modules, "tinyllama.training", fake)
+    r = ev.resolve_model(ckpt)
+    assert calls == [(ckpt.resolve(), ckpt.resolve().parent.parent / "export" / "step-000300")]
+    assert (r.name, r.tokens_seen, r.step) == ("step-000300", 1000, 300)
+
+
+def test_training_metadata_fallbacks(tmp_path):
+    d = tmp_path / "step-000042"
+    d.mkdir()
+    assert ev.read_training_metadata(d) == {"tokens_seen": None, "step": 42}
+    (d / "trainer_state.json").write_text(json.dumps({"global_step": 40, "num_input_tokens_seen": 5000}))
+    assert ev.read_training_metadata(d) == {"tokens_seen": 5000, "step": 40}
+    (d / "training_metadata.json").write_text(json.dumps({"tokens_seen": 6000, "step": 41}))
+    assert ev.read_training_metadata(d) == {"tokens_seen": 6000, "step": 41}
+
+
+def test_lm_eval_commands_one_call_per_shot_count(tmp_path):
+    suite = ev.load_suite("instruct")
+    model = ev.ResolvedModel(source="/m", name="m", local=True)
+    cmds = ev.lm_eval_commands(model, suite.tasks, tmp_path, batch_size="4", dtype="bfloat16", limit=3,
+                               allow_code_execution=True, extra_args=["--seed", "1"])
+    by_tasks = {c[c.index("--tasks") + 1]: c for c in cmds}
+    assert set(by_tasks) == {"mmlu", "bbh_fewshot,drop", "humaneval"}
+    for tasks, c in by_tasks.items():
+        assert c[c.index("--num_fewshot") + 1] == {"mmlu": "5", "bbh_fewshot,drop": "3", "humaneval": "0"}[tasks]
+        assert c[c.index("--model_args") + 1] == "pretrained=/m,dtype=bfloat16"
+        assert c[c.index("--output_path") + 1] == str(tmp_path / "results.json")
+        assert "--log_samples" in c and c[-2:] == ["--seed", "1"] and c[c.index("--limit") + 1] == "3"
+        assert ("--confirm_run_unsafe_code" in c) == (tasks == "humaneval")
+    env = ev._clean_env(True)
+    assert env["HF_ALLOW_CODE_EVAL"] == "1"
+
+
+def test_clean_env_drops_distributed_variables(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "ACCELERATE_MIXED_PRECISION"):
+        monkeypatch.setenv(k, "1")
+    env = ev._clean_env(False)
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "ACCELERATE_MIXED_PRECISION"} & set(env)
+    assert "HF_ALLOW_CODE_EVAL" not in env or os.environ.get("HF_ALLOW_CODE_EVAL")
+
+
+# ------------------------------------------------------------------------------------------------ offline tasks
+def test_offline_tasks_include_lm_evals_yaml_and_override_only_the_data(tmp_path):
+    """Hub-snapshot layout (DIR/<dataset_path>/<dataset_name>/<split>-*.parquet) and per-task layout; a tag is
+    expanded to its tasks; splits without a local file are set to null; a missing eval split is an error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    data = tmp_path / "data"
+    row = {"id": "1", "question": "q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "A"}
+    (data / "allenai" / "ai2_arc" / "ARC-Easy").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row]), data / "allenai/ai2_arc/ARC-Easy/test-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist([row]), data / "allenai/ai2_arc/ARC-Easy/train-00000-of-00001.parquet")
+    (data / "arc_challenge").mkdir()
+    (data / "arc_challenge" / "test.jsonl").write_text(json.dumps(row) + "\n")
+    out = ev.write_offline_tasks([ev.SuiteTask("ai2_arc", "ARC", 0, None)], data, tmp_path / "tasks")
+    assert sorted(p.name for p in out.iterdir()) == ["arc_challenge.yaml", "arc_easy.yaml"]
+    easy = yaml.safe_load((out / "arc_easy.yaml").read_text())
+    index = ev.lm_eval_task_index()
+    assert easy["include"] == str(Path(index["arc_easy"].yaml_path).resolve())
+    assert easy["dataset_path"] == "parquet" and easy["dataset_name"] is None
+    assert set(easy["dataset_kwargs"]["data_files"]) == {"test", "train"}
+    assert easy["validation_split"] is None and "training_split" not in easy
+    merged = load_yaml(out / "arc_challenge.yaml", resolve_func=False)  # arc_challenge includes arc_easy.yaml
+    assert merged["doc_to_text"] == "Question: {{question}}\nAnswer:" and merged["dataset_path"] == "json"
+    assert merged["task"] == "arc_challenge" and merged["training_split"] is None
+    with pytest.raises(FileNotFoundError, match="piqa: no local file for split 'validation'"):
+        ev.write_offline_tasks([ev.SuiteTask("piqa", "PIQA", 0, None)], data, tmp_path / "t2")
+    # few-shot needs the few-shot split too
+    (data / "piqa").mkdir()
+    (data / "piqa" / "validation.jsonl").write_text("{}\n")
+    with pytest.raises(FileNotFoundError, match="piqa: no local file for split 'train'"):
+        ev.write_offline_tasks([ev.SuiteTask("piqa", "PIQA", 5, None)], data, tmp_path / "t3")
+
+
+def test_leaf_tasks_expand_groups():
+    index = ev.lm_eval_task_index()
+    leaves = ev.leaf_tasks("mmlu", index)
+    assert len(leaves) == 57 and "mmlu_abstract_algebra" in leaves
+    assert ev.leaf_tasks("hellaswag", index) == ["hellaswag"]
