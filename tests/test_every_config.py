@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _parsers():
     """(glob relative to the repo, function that parses the file and raises on a problem)."""
     return [
+        ("configs/data/*.yaml", lambda p: __import__("tinyllama.data.prepare", fromlist=["_"]).load_config(p)),
     ]
 
 

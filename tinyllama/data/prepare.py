@@ -122,7 +122,7 @@ def prepare_data(args: list[str] | None = None) -> Path:
     A rerun with everything complete only reads the manifests and returns.
     """
     (cfg,) = parse_config(PrepareConfig, args)
-    return prepare(cfg)
+    return prepare_sources(cfg)
 
 
 def _dtype_for(cfg: PrepareConfig, vocab_size: int | None) -> str:
@@ -148,7 +148,8 @@ def _is_done(cfg: PrepareConfig, spec: SourceSpec, folder: Path) -> bool:
     return True
 
 
-def prepare(cfg: PrepareConfig) -> Path:
+def prepare_sources(cfg: PrepareConfig) -> Path:
+    """Prepare every selected source of ``cfg`` (resuming or skipping what is done); return the output folder."""
     out = Path(cfg.output_dir)
     specs = cfg.source_specs()
     todo = [s for s in specs if not _is_done(cfg, s, out / s.name)]
@@ -161,7 +162,8 @@ def prepare(cfg: PrepareConfig) -> Path:
 
         build_demo(cfg.build_demo)
 
-    # ---- every check that can fail, before any work ----
+    # ---- every check that can fail, before any work: cheap ones first ----
+    readers = {spec.name: SourceReader(spec) for spec in todo}  # missing paths, Hub ids while offline
     tok = load_tokenizer(cfg.tokenizer)
     dtype = _dtype_for(cfg, tok.vocab_size)
     if tok.vocab_size > np.iinfo(dtype).max + 1:
@@ -173,7 +175,6 @@ def prepare(cfg: PrepareConfig) -> Path:
     bos_id = tok.bos_token_id if cfg.bos else None
     eos_id = tok.eos_token_id if cfg.eos else None
     Encoder(tok.json, bos_id, eos_id, cfg.max_chars_per_piece, dtype).check_splitting()
-    readers = {}
     for spec in todo:
         folder = out / spec.name
         manifest = read_manifest(folder)
@@ -185,9 +186,7 @@ def prepare(cfg: PrepareConfig) -> Path:
                 raise ValueError(f"{folder / 'manifest.json'}: prepared with other settings ({', '.join(diff)}); "
                                  f"use --overwrite true to prepare '{spec.name}' again from scratch, or another "
                                  f"output_dir")
-        readers[spec.name] = SourceReader(spec)
-    for spec in todo:
-        readers[spec.name].check()
+        readers[spec.name].check()  # the text and filter fields are in the data; the source is not empty
 
     workers = len(os.sched_getaffinity(0)) if cfg.num_workers == -1 else cfg.num_workers
     pool = None
@@ -380,3 +379,9 @@ def prepare_from_config(path_or_args: str | os.PathLike | list[str]) -> Path:
     if isinstance(path_or_args, (str, os.PathLike)):
         return prepare_data(["--config", str(path_or_args)])
     return prepare_data(list(path_or_args))
+
+
+def load_config(path: str | os.PathLike) -> PrepareConfig:
+    """Parse and check a data config file (every problem at once), without preparing anything."""
+    (cfg,) = parse_config(PrepareConfig, ["--config", str(path)])
+    return cfg

@@ -76,13 +76,13 @@ class ShardWriter:
 
     def __init__(self, folder: Path, split: str, dtype: np.dtype, index: int):
         self.folder, self.split, self.dtype, self.index = Path(folder), split, np.dtype(dtype), index
-        (self.folder / split).mkdir(parents=True, exist_ok=True)
         self._files = None
         self.tokens = 0
         self.documents = 0
 
     def _open(self):
         bin_path, idx_path = shard_paths(self.folder, self.split, self.index)
+        bin_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = [p.parent / f"{TMP_PREFIX}{p.name}.{os.getpid()}" for p in (bin_path, idx_path)]
         self._files = ([open(t, "wb") for t in tmp], tmp, (bin_path, idx_path), hashlib.sha256())
 
