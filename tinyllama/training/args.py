@@ -61,7 +61,7 @@ class PretrainArgs:
     micro_batch_size: int = field(default=8, metadata=_help("sequences per device per forward pass"))
     global_batch_size: int = field(default=1024, metadata=_help(
         "sequences per optimizer step, all devices; gradient accumulation = global / (processes x micro)"))
-    batch_schedule: list = field(default_factory=list, metadata=_help(
+    batch_schedule: list[dict] = field(default_factory=list, metadata=_help(
         "batch-size changes: a list of {step: N, global_batch_size: B} (e.g. v1.1's cooldown)"))
     num_workers: int = field(default=1, metadata=_help("dataloader worker processes per rank"))
 

@@ -19,17 +19,16 @@ def make_accelerator(args, project_dir=None):
     """An Accelerator for the launcher's setup. On a machine without CUDA the process group uses gloo (DeepSpeed
     otherwise sees the launcher's world size while accelerate sees 1), and the world size is checked against the
     launcher's, so a silent single-process run of a multi-process launch cannot happen."""
-    from accelerate import Accelerator, InitProcessGroupKwargs
+    from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
     trackers = [t for t in args.report_to if t != "none"]
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(project_dir), logging_dir=str(project_dir / "logs"))
         if project_dir else None,
-        kwargs_handlers=handlers,
+        kwargs_handlers=process_group_kwargs(),
     )
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
@@ -38,6 +37,16 @@ def make_accelerator(args, project_dir=None):
             "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` or torchrun "
             "(configs/accelerate/cpu.yaml)")
     return accelerator
+
+
+def process_group_kwargs(deepspeed: bool | None = None) -> list:
+    """gloo for a distributed run without CUDA (a process group is needed with several processes, or DeepSpeed)."""
+    from accelerate import InitProcessGroupKwargs
+
+    if deepspeed is None:
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or deepspeed
+    return [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
 
 
 def is_deepspeed(accelerator) -> bool:
@@ -111,7 +120,7 @@ def forward_loss(model, batch: dict, document_masking: bool, device) -> torch.Te
     (``shift_labels``: targets are already aligned), so Liger's fused linear cross-entropy can replace it.
     """
     ids = batch["input_ids"].to(device, non_blocking=True)
-    inputs, targets = ids[:, :-1], ids[:, 1:]
+    inputs, targets = ids[:, :-1], ids[:, 1:].contiguous()
     kwargs = {}
     if document_masking:
         kwargs["position_ids"] = batch["position_ids"][:, :-1].to(device, non_blocking=True)
