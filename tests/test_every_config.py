@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 def _parsers():
     """(glob relative to the repo, function that parses the file and raises on a problem)."""
     return [
+        ("evaluation/suites/*.yaml", _check_eval_suite),
+        ("evaluation/reference/*.yaml", _check_eval_reference),
         ("configs/data/*.yaml", lambda p: __import__("tinyllama.data.prepare", fromlist=["_"]).load_config(p)),
     ]
 
@@ -27,3 +29,21 @@ def test_every_shipped_yaml_parses(path):
             parse(path)
             return
     pytest.fail(f"no parser claims {rel}: add one to tests/test_every_config.py")
+
+
+def _check_eval_suite(path):
+    """A suite parses and names only tasks (and metrics) that exist in the installed lm-eval's task index."""
+    from tinyllama.evaluation import check_suite_tasks, load_suite
+
+    errors = check_suite_tasks(load_suite(path))
+    assert not errors, errors
+
+
+def _check_eval_reference(path):
+    """Reference scores parse, and every task/metric they state is the one the suite of that name reports."""
+    from tinyllama.evaluation import load_reference, load_suite
+
+    for suite_name, ref in load_reference(path).items():
+        suite = load_suite(suite_name)
+        for task, metric in ref["metrics"].items():
+            assert suite.get(task) is not None and suite.get(task).metric.split(",")[0] == metric, (suite_name, task)
