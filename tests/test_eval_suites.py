@@ -247,3 +247,12 @@ def test_leaf_tasks_expand_groups():
     leaves = ev.leaf_tasks("mmlu", index)
     assert len(leaves) == 57 and "mmlu_abstract_algebra" in leaves
     assert ev.leaf_tasks("hellaswag", index) == ["hellaswag"]
+
+
+def test_script_reports_missing_offline_data_before_loading(fake_model, tmp_path):
+    (tmp_path / "data" / "piqa").mkdir(parents=True)
+    p, _ = _script(fake_model, env={"EVAL_OUT": str(tmp_path / "out"), "EVAL_DATA_DIR": str(tmp_path / "data")})
+    assert p.returncode == 2 and "offline data incomplete" in p.stderr and "Traceback" not in p.stderr
+    for task in ("hellaswag", "openbookqa", "winogrande", "arc_challenge", "arc_easy", "boolq", "piqa"):
+        assert f"  - {task}: no local file for split" in p.stderr
+    assert not (tmp_path / "out").exists()

@@ -27,7 +27,6 @@ import difflib
 import functools
 import json
 import logging
-import math
 import os
 import re
 import subprocess
@@ -537,10 +536,10 @@ def run(model: str | os.PathLike, suite: str | os.PathLike = DEFAULT_SUITE, out:
             f"those tasks out with EVAL_TASKS")
     resolved = resolve_model(model)
     result_dir = Path(out or resolved.default_out()) / resolved.name / suite_obj.name
-    result_dir.mkdir(parents=True, exist_ok=True)
     include_path = None
-    if data_dir is not None:
+    if data_dir is not None:  # checks every task's files first; writes nothing when one is missing
         include_path = write_offline_tasks(selected, data_dir, result_dir / "offline_tasks")
+    result_dir.mkdir(parents=True, exist_ok=True)
     cmds = lm_eval_commands(resolved, selected, result_dir, backend=backend, batch_size=batch_size, dtype=dtype,
                             limit=limit, include_path=include_path, allow_code_execution=allow_code_execution,
                             extra_args=extra_args)
