@@ -99,6 +99,7 @@ def build_trainer(script_args, training_args, model_args, config_file: str | Non
 @entry_point
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
+    chat.precheck_argv(argv)
     script_args, training_args, model_args = parse_dpo_args(argv)
     setup_logging(main_process=training_args.process_index == 0)
     resume = chat.resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)

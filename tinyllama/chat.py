@@ -296,6 +296,32 @@ def check_quantization(model_args) -> None:
                          "fine-tuned)")
 
 
+def precheck_argv(argv: Sequence[str]) -> None:
+    """The checks that must win over everything else, run on the raw YAML + overrides before parsing: a Hub token
+    in the config (it would be pickled into training_args.bin and pushed), and a QLoRA config on a machine without
+    CUDA (which would otherwise fail on its ``bf16: true``, or deep in bitsandbytes, with a message that does not
+    say what is wrong)."""
+    from types import SimpleNamespace
+
+    from .config import load_yaml, split_cli
+
+    config, overrides, _ = split_cli(argv)
+    values = dict(load_yaml(config)) if config and Path(config).is_file() else {}
+    values.update(overrides)
+
+    for key in ("hub_token", "push_to_hub_token"):
+        if values.get(key):
+            raise ValueError(f"{key}: do not put the Hub token in a config or on the command line: Trainer pickles "
+                             "its arguments into training_args.bin, which is saved and pushed with the model. Set "
+                             "HF_TOKEN in the environment or run `hf auth login` instead.")
+
+    def flag(key):
+        return str(values.get(key, False)).lower() in ("true", "1", "yes")
+
+    check_quantization(SimpleNamespace(load_in_4bit=flag("load_in_4bit"), load_in_8bit=flag("load_in_8bit"),
+                                       use_peft=True))
+
+
 def resolve_resume(value: str | None, output_dir: str) -> str | bool | None:
     """``resume_from_checkpoint``: a checkpoint folder, or ``last`` for the newest one in ``output_dir``."""
     if value in (None, "", "false", "False", "no"):

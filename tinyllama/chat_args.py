@@ -77,8 +77,18 @@ class DPOScriptArguments(ChatScriptArguments):
         return errors
 
 
-def parse_sft_args(args: Sequence[str] | None = None) -> tuple[SFTScriptArguments, SFTConfig, ModelConfig]:
-    return parse_config([SFTScriptArguments, SFTConfig, ModelConfig], args)
+@dataclass
+class ChatSFTConfig(SFTConfig):
+    """TRL's SFTConfig with the chat default: the loss on assistant replies (and their EOS) only."""
+
+    assistant_only_loss: bool = field(
+        default=True,
+        metadata={"help": "Loss on assistant replies and their EOS only (needs {% generation %} markers in the "
+                          "chat template, as the zephyr one has). Default true here; TRL's default is false."})
+
+
+def parse_sft_args(args: Sequence[str] | None = None) -> tuple[SFTScriptArguments, ChatSFTConfig, ModelConfig]:
+    return parse_config([SFTScriptArguments, ChatSFTConfig, ModelConfig], args)
 
 
 def parse_dpo_args(args: Sequence[str] | None = None) -> tuple[DPOScriptArguments, DPOConfig, ModelConfig]:

@@ -143,3 +143,23 @@ def build_chat_demo(root: str | Path) -> dict[str, Path]:
     if not paths["base"].exists():
         build_base_model(paths["base"])
     return paths
+
+
+# Fixed-answer chats for tests: a tiny model memorises them in a few dozen steps, so what it answers after training
+# is known exactly (and that it then stops at EOS).
+FIXED_QA = [("What is your name?", "My name is TinyLlama."), ("What color is the sky?", "The sky is blue.")]
+FIXED_SYSTEM = "You are a helpful assistant."
+
+
+def fixed_answer_rows(n: int = 48) -> list[dict]:
+    """UltraChat-schema rows over FIXED_QA: single and two-exchange chats, a third with a system prompt. Row 0 has
+    a system prompt and two exchanges."""
+    rows = []
+    for i in range(n):
+        (q, a), (q2, a2) = FIXED_QA[i % 2], FIXED_QA[(i + 1) % 2]
+        messages = [{"role": "system", "content": FIXED_SYSTEM}] if i % 3 == 0 else []
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        if i % 4 == 0:
+            messages += [{"role": "user", "content": q2}, {"role": "assistant", "content": a2}]
+        rows.append({"prompt": q, "prompt_id": _prompt_id(q), "messages": messages})
+    return rows
