@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -38,7 +39,7 @@ from tinyllama.training.hub import HubUploader, model_card
 from tinyllama.training.metrics import MetricsLog, Throughput, device_peak_flops, peak_memory_gb
 from tinyllama.training.optim import build_optimizer
 from tinyllama.training.schedule import BatchSchedule, LRSchedule
-from tinyllama.utils import atomic_write_text, entry_point, setup_logging
+from tinyllama.utils import TrainingStopped, atomic_write_text, entry_point, setup_logging
 
 log = logging.getLogger("pretrain")
 
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row, %d in all)", step,
                         state.consecutive_nonfinite, state.skipped_steps)
             if state.consecutive_nonfinite >= args.max_nonfinite_steps:
-                raise RuntimeError(
+                raise TrainingStopped(
                     f"{state.consecutive_nonfinite} consecutive steps had a non-finite loss or gradient (step "
                     f"{step}); stopping. The last good checkpoint is in {ckpt_root}; lower the learning rate or "
                     "check the data, then resume")
@@ -232,9 +233,11 @@ def main(argv: list[str] | None = None) -> dict:
         if state.step % args.log_every == 0 or state.step == args.max_steps:
             total = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(loss_count),
                                                                             device=loss_sum.device)]), "sum")
-            last_loss = (total[0] / total[1].clamp(min=1)).item()
-            row = {"loss": last_loss, "lr": lr, "tokens_seen": state.tokens, "global_batch": current_batch,
+            row = {"lr": lr, "tokens_seen": state.tokens, "global_batch": current_batch,
                    "skipped_steps": state.skipped_steps, **throughput.read()}
+            if total[1] > 0:  # (an interval of only skipped steps has no loss to show)
+                last_loss = (total[0] / total[1]).item()
+                row["loss"] = last_loss
             if grad_norm is not None and not skipped:
                 row["grad_norm"] = float(grad_norm)
             if (mem := peak_memory_gb()) is not None:
@@ -250,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
             loss_count = 0
         if val_set is not None and args.eval_every and state.step % args.eval_every == 0:
             metrics.log({"val_loss": validate(model, val_set, args, accelerator)}, state.step)
+        _inject_preemption(state.step)
         stop_now = accelerator.reduce(torch.tensor(float(stop.flag), device=accelerator.device), "sum").item() > 0
         if state.step % args.save_every == 0 or state.step == args.max_steps or stop_now:
             checkpoint(final=state.step == args.max_steps)
@@ -290,12 +294,16 @@ def validate(model, val_set, args, accelerator) -> float:
 
 def _inject_nonfinite(loss: torch.Tensor, step: int) -> torch.Tensor:
     """Fault injection for the tests: TINYLLAMA_FAULT_NAN_STEPS=3,4 makes those steps' loss NaN."""
-    import os
-
     steps = os.environ.get("TINYLLAMA_FAULT_NAN_STEPS")
     if steps and str(step) in steps.split(","):
         return loss * float("nan")
     return loss
+
+
+def _inject_preemption(step: int) -> None:
+    """Fault injection for the tests: TINYLLAMA_FAULT_SIGTERM_AT_STEP=N sends this process SIGTERM after step N."""
+    if os.environ.get("TINYLLAMA_FAULT_SIGTERM_AT_STEP") == str(step):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _yaml(d: dict) -> str:

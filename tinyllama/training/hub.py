@@ -9,6 +9,7 @@ local login, never from a config file, so it is never written to a log, a saved 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -19,10 +20,11 @@ log = logging.getLogger(__name__)
 
 class HubUploader:
     def __init__(self, repo_id: str, private: bool = False, revision: str | None = None, retries: int = 5,
-                 backoff: float = 2.0):
+                 backoff: float | None = None):
         from huggingface_hub import HfApi
 
-        self.api = HfApi()
+        self.api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"))
+        backoff = float(os.environ.get("TINYLLAMA_HUB_BACKOFF", 2.0)) if backoff is None else backoff
         self.repo_id, self.private, self.revision = repo_id, private, revision
         self.retries, self.backoff = retries, backoff
         self.uploaded: list[str] = []

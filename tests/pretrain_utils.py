@@ -1,0 +1,152 @@
+"""Helpers for the pretraining tests: a tiny run config, in-process and launched runs, and a recording Hub."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_RUN = """\
+run_name: test
+model_config: tiny
+tokenizer: {repo}/data/demo/tokenizer
+data_dir: {repo}/data/demo/tokenized
+prepare_config: {repo}/configs/data/demo.yaml
+mixture: {{slimpajama: 0.7, starcoderdata: 0.3}}
+seq_len: 64
+micro_batch_size: 4
+global_batch_size: 8
+num_workers: 0
+learning_rate: 3.0e-3
+min_lr: 3.0e-4
+warmup_steps: 2
+max_steps: 8
+mixed_precision: "no"
+attn_implementation: sdpa
+log_every: 1
+eval_every: 4
+eval_batches: 2
+save_every: 4
+keep_last: 5
+report_to: [none]
+seed: 0
+"""
+
+
+def write_config(tmp_path: Path, extra: str = "", name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(TINY_RUN.format(repo=REPO) + extra)
+    return path
+
+
+def run_inprocess(config: Path, *overrides: str) -> dict:
+    """recipes/pretrain.py's main() in this process (fast: no interpreter start-up); accelerate's singletons reset."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    sys.path.insert(0, str(REPO / "recipes"))
+    import pretrain
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    try:
+        return pretrain.main(["--config", str(config), *overrides])
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+
+
+def run_cli(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                **(env or {})}
+    return subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}
+
+
+class RecordingHub:
+    """A local HTTP endpoint that speaks the part of the Hub API that ``upload_folder`` uses, records every request,
+    and can fail the first ``fail_first`` commits (with ``fail_status``: huggingface_hub itself retries 5xx with a
+    backoff of up to half a minute, so the tests use an error it does not retry, which leaves the retrying to the
+    recipe's uploader), or hang."""
+
+    def __init__(self, fail_first: int = 0, hang: bool = False, fail_status: int = 400):
+        self.requests: list[tuple[str, str]] = []
+        self.files: dict[str, bytes] = {}
+        self.commits: list[str] = []
+        self.fail_first, self.hang, self.fail_status = fail_first, hang, fail_status
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _reply(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                hub.requests.append(("GET", self.path))
+                self._reply(404, {"error": "not found"})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                hub.requests.append(("POST", self.path))
+                if hub.hang:
+                    threading.Event().wait(30)
+                    return
+                if self.path.endswith("/api/repos/create"):
+                    payload = json.loads(body)
+                    repo = "/".join(filter(None, [payload.get("organization"), payload["name"]]))
+                    return self._reply(200, {"url": f"{hub.url}/{repo}", "name": repo})
+                if self.path.endswith("/api/validate-yaml"):
+                    return self._reply(200, {})
+                if "/preupload/" in self.path:
+                    files = json.loads(body)["files"]
+                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular",
+                                                        "shouldIgnore": False} for f in files]})
+                if "/commit/" in self.path:
+                    if hub.fail_first > 0:
+                        hub.fail_first -= 1
+                        return self._reply(hub.fail_status, {"error": "injected failure"})
+                    for line in body.decode().splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "file":
+                            hub.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                        elif item["key"] == "header":
+                            hub.commits.append(item["value"]["summary"])
+                    repo = self.path.split("/api/models/", 1)[-1].split("/commit/", 1)[0]
+                    return self._reply(200, {"commitUrl": f"{hub.url}/{repo}/commit/{'a' * 40}",
+                                             "commitOid": "a" * 40})
+                return self._reply(404, {"error": "not found"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,203 @@
+"""The pretraining recipe end to end on CPU: demo model and data, exact resume, exports, Hub, non-finite steps."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pretrain_utils import REPO, RecordingHub, losses, metrics, run_cli, run_inprocess, write_config
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, demo_paths):
+    """An uninterrupted 8-step run (checkpoints at 4 and 8), the reference for the resume tests."""
+    tmp = tmp_path_factory.mktemp("baseline")
+    cfg = write_config(tmp)
+    summary = run_inprocess(cfg, "--output_dir", str(tmp / "run"))
+    return tmp / "run", summary
+
+
+def test_run_writes_checkpoints_exports_logs_and_config(baseline):
+    run, summary = baseline
+    assert summary["step"] == 8 and summary["tokens"] == 8 * 8 * 64 and summary["skipped_steps"] == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000008"]
+    assert (run / "export" / "final").resolve() == (run / "export" / "step-000008").resolve()
+    rows = metrics(run)
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert {"lr", "grad_norm", "tokens_per_sec", "tokens_seen", "mix/slimpajama"} <= set(rows[0])
+    assert any("val_loss" in r for r in rows)
+    saved = (run / "config.yaml").read_text()
+    assert "model_config: tiny" in saved and "hub_token" not in saved
+    meta = json.loads((run / "export" / "final" / "training_metadata.json").read_text())
+    assert meta["tokens_seen"] == 8 * 8 * 64 and meta["step"] == 8
+
+
+def test_export_loads_in_transformers_and_generates(baseline):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = baseline[0] / "export" / "final"
+    assert (final / "model.safetensors").exists() and (final / "generation_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tok = AutoTokenizer.from_pretrained(final)
+    ids = tok("def main():", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 8
+    # the export holds exactly the checkpoint's weights
+    ckpt = load_file(str(baseline[0] / "checkpoints" / "step-000008" / "model.safetensors"))
+    assert torch.equal(model.model.embed_tokens.weight, ckpt["model.embed_tokens.weight"])
+    assert "README.md" in os.listdir(final) and "slimpajama" in (final / "README.md").read_text()
+
+
+def preempted(cfg, run, step: int, monkeypatch) -> dict:
+    """The same run, stopped by a real SIGTERM (how schedulers preempt) after ``step``."""
+    with monkeypatch.context() as m:
+        m.setenv("TINYLLAMA_FAULT_SIGTERM_AT_STEP", str(step))
+        return run_inprocess(cfg, "--output_dir", str(run), "--save_every", "100")
+
+
+def test_resume_is_exact_and_replays_no_data(baseline, tmp_path, monkeypatch):
+    """Preempted after step 3, resumed: steps 4..8 have bitwise-equal losses and the final weights are equal."""
+    ref_run, _ = baseline
+    cfg = write_config(tmp_path)
+    run = tmp_path / "run"
+    summary = preempted(cfg, run, 3, monkeypatch)
+    assert summary["step"] == 3  # the SIGTERM handler saved a checkpoint after step 3 and exited
+    assert (run / "checkpoints" / "step-000003").is_dir() and not (run / "export" / "final").exists()
+    summary = run_inprocess(cfg, "--output_dir", str(run), "--resume", "auto")
+    assert summary["step"] == 8
+    ref, got = losses(ref_run), losses(run)
+    assert [got[s] for s in range(1, 9)] == [ref[s] for s in range(1, 9)]
+    a = load_file(str(ref_run / "export" / "final" / "model.safetensors"))
+    b = load_file(str(run / "export" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the data position came from the checkpoint, not from replaying the loader
+    state = json.loads((run / "checkpoints" / "step-000008" / "train_state.json").read_text())
+    assert state["samples"] == 8 * 8
+
+
+def test_incomplete_checkpoint_is_never_resumed(baseline, tmp_path, monkeypatch):
+    cfg = write_config(tmp_path)
+    run = tmp_path / "run"
+    preempted(cfg, run, 4, monkeypatch)
+    # a killed write leaves a .tmp folder, and a step folder without its state file is not complete
+    (run / "checkpoints" / ".tmp-step-000006").mkdir()
+    (run / "checkpoints" / "step-000007").mkdir()
+    summary = run_inprocess(cfg, "--output_dir", str(run), "--resume", "auto")
+    assert summary["step"] == 8
+    assert losses(run)[5] == losses(baseline[0])[5]
+    assert not (run / "checkpoints" / ".tmp-step-000006").exists()
+
+
+def test_nonfinite_steps_are_skipped_and_counted_then_stop(tmp_path, monkeypatch):
+    cfg = write_config(tmp_path)
+    monkeypatch.setenv("TINYLLAMA_FAULT_NAN_STEPS", "2,3")
+    summary = run_inprocess(cfg, "--output_dir", str(tmp_path / "a"), "--max_steps", "6")
+    assert summary["skipped_steps"] == 2 and summary["step"] == 6
+    rows = {r["step"]: r for r in metrics(tmp_path / "a") if "loss" in r}
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows.values())
+    assert rows[6]["skipped_steps"] == 2
+    # weights stay finite: the skipped steps changed nothing
+    w = load_file(str(tmp_path / "a" / "export" / "final" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in w.values())
+
+    monkeypatch.setenv("TINYLLAMA_FAULT_NAN_STEPS", "3,4,5")
+    with pytest.raises(SystemExit):
+        run_inprocess(cfg, "--output_dir", str(tmp_path / "b"), "--max_steps", "8", "--max_nonfinite_steps", "3")
+
+
+def test_nonfinite_stop_message_via_cli(tmp_path):
+    cfg = write_config(tmp_path)
+    proc = run_cli([sys.executable, "recipes/pretrain.py", "--config", str(cfg), "--output_dir",
+                    str(tmp_path / "run"), "--max_nonfinite_steps", "2", "--save_every", "2"],
+                   env={"TINYLLAMA_FAULT_NAN_STEPS": "3,4"})
+    assert proc.returncode != 0
+    assert "2 consecutive steps had a non-finite loss or gradient" in proc.stderr
+    # the last good checkpoint (step 2) is intact and resumable
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "train_state.json").is_file()
+
+
+def test_loss_falls_well_below_its_start_on_the_demo_corpus(tmp_path):
+    cfg = write_config(tmp_path)
+    run_inprocess(cfg, "--output_dir", str(tmp_path / "run"), "--model_config", "demo", "--max_steps", "60",
+                  "--log_every", "5", "--eval_every", "0", "--save_every", "1000", "--seq_len", "128",
+                  "--warmup_steps", "5")
+    got = losses(tmp_path / "run")
+    first, last = got[5], got[60]
+    assert last < first - 2.0, (first, last)  # from about ln(4096) = 8.3 towards 5
+
+
+def test_document_masking_blocks_attention_across_documents():
+    """With position_ids restarting at a document, the second document's logits ignore the first."""
+    from tinyllama.model import build_model
+
+    model = build_model("tiny", attn_implementation="sdpa", seed=0).eval()
+    doc_b = torch.tensor([[1, 50, 60, 70, 80]])
+    a1, a2 = torch.tensor([[1, 11, 12, 13]]), torch.tensor([[1, 900, 901, 902]])
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4]])
+    with torch.no_grad():
+        out1 = model(input_ids=torch.cat([a1, doc_b], 1), position_ids=pos, use_cache=False).logits[:, 4:]
+        out2 = model(input_ids=torch.cat([a2, doc_b], 1), position_ids=pos, use_cache=False).logits[:, 4:]
+        alone = model(input_ids=doc_b, use_cache=False).logits
+        unmasked = model(input_ids=torch.cat([a2, doc_b], 1), use_cache=False).logits[:, 4:]
+    torch.testing.assert_close(out1, out2)
+    torch.testing.assert_close(out1, alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(unmasked, alone, atol=1e-3)
+
+
+def test_bad_config_stops_before_work_with_one_message(tmp_path):
+    cfg = write_config(tmp_path, "warmup_step: 3\nlearning_rate: -1\n")
+    proc = run_cli([sys.executable, "recipes/pretrain.py", "--config", str(cfg), "--micro_batch_size", "3"])
+    assert proc.returncode == 2
+    err = proc.stderr
+    assert "unknown key 'warmup_step'" in err and "did you mean 'warmup_steps'" in err
+    assert "'learning_rate' must be positive" in err and "not divisible by micro_batch_size 3" in err
+    assert "Traceback" not in err and not (REPO / "outputs" / "test").exists()
+
+
+def test_no_config_runs_the_embedded_demo_and_says_so(tmp_path):
+    proc = run_cli([sys.executable, "recipes/pretrain.py", "--output_dir", str(tmp_path / "demo"), "--max_steps", "2",
+                    "--save_every", "2", "--eval_every", "0", "--report_to", "[none]"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first_info = next(line for line in proc.stderr.splitlines() if " INFO " in line)
+    assert "no --config given: running the embedded demo" in first_info
+    assert (tmp_path / "demo" / "export" / "final" / "model.safetensors").exists()
+
+
+def test_hub_push_uploads_in_background_and_retries(tmp_path):
+    """Against a local endpoint that records requests and fails the first commit: training finishes, the upload is
+    retried, the expected files arrive, and the token appears nowhere on disk."""
+    cfg = write_config(tmp_path, "push_to_hub: true\nhub_model_id: me/tiny-test\n")
+    token = "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123"
+    with RecordingHub(fail_first=1) as hub:
+        proc = run_cli([sys.executable, "recipes/pretrain.py", "--config", str(cfg), "--output_dir",
+                        str(tmp_path / "run"), "--max_steps", "4", "--save_every", "2"],
+                       env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": token,
+                            "TINYLLAMA_HUB_BACKOFF": "0.1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "training_metadata.json"} <= set(
+        hub.files)
+    assert json.loads(hub.files["training_metadata.json"])["step"] == 4
+    assert len(hub.commits) == 2 and "step 4" in hub.commits[-1]
+    assert "failed (attempt 1/5" in proc.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["hub_uploaded"] == 2 and summary["hub_failed"] == 0
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+    assert token not in proc.stderr + proc.stdout
+
+
+def test_hub_outage_never_kills_training(tmp_path):
+    cfg = write_config(tmp_path, "push_to_hub: true\nhub_model_id: me/tiny-test\nhub_upload_retries: 2\n")
+    with RecordingHub(fail_first=100) as hub:
+        proc = run_cli([sys.executable, "recipes/pretrain.py", "--config", str(cfg), "--output_dir",
+                        str(tmp_path / "run"), "--max_steps", "2", "--save_every", "2"],
+                       env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_x",
+                            "TINYLLAMA_HUB_BACKOFF": "0.1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "upload of step-000002 failed after 2 attempts" in proc.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["hub_failed"] == 1 and (tmp_path / "run" / "export" / "final" / "model.safetensors").exists()
