@@ -15,6 +15,7 @@ def _parsers():
         ("evaluation/suites/*.yaml", _check_eval_suite),
         ("evaluation/reference/*.yaml", _check_eval_reference),
         ("configs/data/*.yaml", lambda p: __import__("tinyllama.data.prepare", fromlist=["_"]).load_config(p)),
+        ("configs/chat/*.yaml", _parse_chat_config),
     ]
 
 
@@ -47,3 +48,11 @@ def _check_eval_reference(path):
         suite = load_suite(suite_name)
         for task, metric in ref["metrics"].items():
             assert suite.get(task) is not None and suite.get(task).metric.split(",")[0] == metric, (suite_name, task)
+
+
+def _parse_chat_config(path):
+    """recipes/sft.py and recipes/dpo.py's parser (sft-*.yaml / dpo-*.yaml). use_cpu only lifts TrainingArguments'
+    device check, so the bf16 GPU configs parse on a CPU machine too; every key is still checked."""
+    from tinyllama.chat_args import parse_chat_config
+
+    parse_chat_config(path, ["--use_cpu", "true"])

@@ -1,0 +1,72 @@
+"""DPO (issue 6): on the UltraFeedback-schema fixture, training raises the reward accuracy; max_prompt_length keeps
+the end of long prompts."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tinyllama import chat
+from tinyllama.chat_fixtures import build_base_model, ultrafeedback_rows, write_hub_layout
+
+REPO = Path(__file__).resolve().parent.parent
+MAX_PROMPT = 20
+
+
+def load_script(rel: str):
+    path = REPO / rel
+    spec = importlib.util.spec_from_file_location(f"_chat_dpo_test_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dpo_run(tmp_path_factory, demo_paths):
+    from tinyllama.chat_args import parse_dpo_args
+
+    tmp = tmp_path_factory.mktemp("dpo")
+    base = build_base_model(tmp / "base", model_config="tiny")
+    # the start of DPO is an SFT output: a model folder whose tokenizer carries the chat template
+    tokenizer = chat.setup_tokenizer(str(base))
+    tokenizer.save_pretrained(base)
+    data = write_hub_layout(tmp / "data", {"train_prefs": ultrafeedback_rows(48), "test_prefs": ultrafeedback_rows(8)})
+    dpo = load_script("recipes/dpo.py")
+    args = parse_dpo_args([
+        "--model_name_or_path", str(base), "--dataset_name", str(data), "--output_dir", str(tmp / "out"),
+        "--dataset_test_split", "train_prefs", "--max_eval_samples", "32",  # accuracy on the pairs it learns
+        "--max_prompt_length", str(MAX_PROMPT), "--max_length", "96", "--beta", "0.1", "--learning_rate", "5e-3",
+        "--lr_scheduler_type", "constant", "--max_steps", "24", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16", "--bf16", "false", "--activation_checkpointing", "false",
+        "--report_to", "none", "--eval_strategy", "steps", "--eval_steps", "1000", "--save_strategy", "'no'",
+        "--logging_steps", "4", "--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--seed", "0",
+    ])
+    trainer = dpo.build_trainer(*args)
+    before = trainer.evaluate()
+    after = chat.train_and_save(trainer, None, *args)
+    return dict(trainer=trainer, before=before, after=after, tokenizer=tokenizer, out=tmp / "out")
+
+
+def test_dpo_raises_reward_accuracy(dpo_run):
+    before, after = dpo_run["before"], dpo_run["after"]
+    assert before["eval_rewards/accuracies"] == 0.0  # policy == reference: every reward is 0, no pair is won
+    assert after["eval_rewards/accuracies"] >= 0.8, after
+    assert after["eval_rewards/margins"] > 0.1
+    assert after["eval_loss"] < before["eval_loss"]
+    card = (dpo_run["out"] / "README.md").read_text()
+    assert "trained with DPO" in card and "beta | 0.1" in card and "max_prompt_length | 20" in card
+
+
+def test_dpo_prompts_keep_their_last_max_prompt_length_tokens(dpo_run):
+    tokenizer, dataset = dpo_run["tokenizer"], dpo_run["trainer"].train_dataset
+    generation_prompt = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=True,
+                                                      add_generation_prompt=True, return_dict=True)["input_ids"][-7:]
+    truncated = 0
+    for i, row in enumerate(ultrafeedback_rows(48)):
+        full = tokenizer.apply_chat_template(row["chosen"][:1], tokenize=True, add_generation_prompt=True,
+                                             return_dict=True)["input_ids"]
+        ids = dataset[i]["prompt_ids"]
+        assert ids == full[-MAX_PROMPT:]  # the end: latest turn and the generation prompt the reply follows
+        assert ids[-7:] == generation_prompt
+        truncated += len(full) > MAX_PROMPT
+    assert truncated > 0
