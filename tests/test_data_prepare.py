@@ -70,7 +70,7 @@ def _config(tmp_path, corpus, demo_paths, **over):
         "tokenizer": str(demo_paths["tokenizer"]),
         "output_dir": str(tmp_path / "out"),
         "shard_tokens": 20000,
-        "batch_docs": 7,
+        "batch_rows": 7,
         "validation_every": 9,
         "validation_documents": 4,
         "max_chars_per_piece": 2000,

@@ -33,7 +33,7 @@ from ..utils import TMP_PREFIX
 from .readers import Position, SourceReader, SourceSpec
 from .shards import FORMAT, MAX_SHARD_TOKENS, SPLITS, ShardWriter, check_shards, read_manifest, shard_paths, \
     write_manifest
-from .tokenize import Encoder, TokenizerInfo, encode_in_worker, init_worker, load_tokenizer
+from .tokenize import Encoder, TokenizerInfo, encode_in_worker, encode_records, init_worker, load_tokenizer
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -62,9 +62,9 @@ class PrepareConfig:
         "help": "... until this many are held out (0: no validation split)"})
     max_chars_per_piece: int = field(default=8192, metadata={
         "help": "split longer documents at line boundaries before encoding (0: never split)"})
-    batch_docs: int = field(default=512, metadata={"help": "documents per tokenizer batch"})
-    batch_chars: int = field(default=4_000_000, metadata={"help": "... or fewer, to keep a batch under this many "
-                                                                  "characters"})
+    batch_rows: int = field(default=512, metadata={"help": "rows per batch sent to a tokenizer worker"})
+    batch_bytes: int = field(default=4_000_000, metadata={"help": "... or fewer, to keep a batch under about this "
+                                                                  "many bytes of text"})
     num_workers: int = field(default=-1, metadata={
         "help": "tokenizer worker processes: -1 = one per available core, 0 = in this process (Rust threads)"})
     build_demo: Optional[str] = field(default=None, metadata={
@@ -95,8 +95,8 @@ class PrepareConfig:
             errors.append(f"validation_documents: must be >= 0, got {self.validation_documents}")
         if self.max_chars_per_piece < 0:
             errors.append(f"max_chars_per_piece: must be >= 0 (0 = never split), got {self.max_chars_per_piece}")
-        if self.batch_docs < 1 or self.batch_chars < 1:
-            errors.append("batch_docs and batch_chars: must be >= 1")
+        if self.batch_rows < 1 or self.batch_bytes < 1:
+            errors.append("batch_rows and batch_bytes: must be >= 1")
         if self.num_workers < -1:
             errors.append(f"num_workers: -1 (all cores), 0 (in process) or a count, got {self.num_workers}")
         return errors
@@ -113,7 +113,7 @@ class PrepareConfig:
         return {"source": spec.to_dict(), "tokenizer": self.tokenizer, "bos": self.bos, "eos": self.eos,
                 "dtype": dtype, "shard_tokens": self.shard_tokens, "validation_every": self.validation_every,
                 "validation_documents": self.validation_documents, "max_chars_per_piece": self.max_chars_per_piece,
-                "batch_docs": self.batch_docs, "batch_chars": self.batch_chars}
+                "batch_rows": self.batch_rows, "batch_bytes": self.batch_bytes}
 
 
 def prepare_data(args: list[str] | None = None) -> Path:
@@ -222,51 +222,42 @@ class _State:
 
 @dataclass
 class _Batch:
-    texts: list[str]
-    validation: np.ndarray  # bool per document
-    state: dict
+    records: list  # raw rows (jsonl lines) or decoded rows, parsed in the worker
+    positions: list[Position]  # where reading stands after each record
     last: bool = False
 
 
-def _batches(cfg: PrepareConfig, spec: SourceSpec, rows, state: _State) -> Iterator[_Batch]:
-    texts, val, chars = [], [], 0
-    limit = spec.max_documents
-    for text, reason, pos in rows:
-        state.position = pos
-        state.rows += 1
-        if reason:
-            state.skipped[reason] += 1
-            continue
-        d = state.documents
-        state.documents += 1
-        val.append(cfg.validation_documents > 0 and d % cfg.validation_every == 0
-                   and d // cfg.validation_every < cfg.validation_documents)
-        texts.append(text)
-        chars += len(text)
-        if limit and state.documents >= limit:
-            break
-        if len(texts) >= cfg.batch_docs or chars >= cfg.batch_chars:
-            yield _Batch(texts, np.array(val, dtype=bool), state.snapshot())
-            texts, val, chars = [], [], 0
-    yield _Batch(texts, np.array(val, dtype=bool), state.snapshot(), last=True)
+def _batches(cfg: PrepareConfig, reader: SourceReader, start: Position) -> Iterator[_Batch]:
+    text_field = reader.spec.text_field
+    records, positions, size = [], [], 0
+    for record, pos in reader.records(start):
+        records.append(record)
+        positions.append(pos)
+        if isinstance(record, (bytes, bytearray)):
+            size += len(record)
+        elif isinstance(record, dict) and isinstance(record.get(text_field), str):
+            size += len(record[text_field])
+        if len(records) >= cfg.batch_rows or size >= cfg.batch_bytes:
+            yield _Batch(records, positions)
+            records, positions, size = [], [], 0
+    yield _Batch(records, positions, last=True)
 
 
-def _encoded(batches: Iterator[_Batch], encoder: Encoder | None, pool, workers: int):
-    """(batch, (ids, lengths)) in input order, at most ``2 x workers + 2`` batches in flight."""
-    empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+def _encoded(batches: Iterator[_Batch], parser, encoder: Encoder | None, pool, workers: int):
+    """(batch, (ids, lengths, reasons)) in input order, at most ``2 x workers + 2`` batches in flight."""
     if pool is None:
         for b in batches:
-            yield b, (encoder.encode(b.texts) if b.texts else empty)
+            yield b, encode_records(encoder, parser, b.records)
         return
     pending: collections.deque = collections.deque()
     for b in batches:
-        pending.append((b, pool.apply_async(encode_in_worker, (b.texts,)) if b.texts else None))
+        pending.append((b, pool.apply_async(encode_in_worker, (parser, b.records))))
         while len(pending) > 2 * workers + 2:
             b0, r = pending.popleft()
-            yield b0, (r.get() if r is not None else empty)
+            yield b0, r.get()
     while pending:
         b0, r = pending.popleft()
-        yield b0, (r.get() if r is not None else empty)
+        yield b0, r.get()
 
 
 def _clean(folder: Path, manifest: dict) -> None:
@@ -340,12 +331,31 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
     from tqdm.auto import tqdm
 
     t0, new_tokens = time.perf_counter(), 0
+    limit = spec.max_documents
     bar = tqdm(desc=spec.name, unit=" docs", disable=None, file=sys.stderr, initial=state.documents)
     try:
-        for batch, (ids, lengths) in _encoded(_batches(cfg, spec, reader.rows(state.position), state),
-                                              encoder, pool, workers):
+        for batch, (ids, lengths, reasons) in _encoded(_batches(cfg, reader, state.position), reader.parser,
+                                                       encoder, pool, workers):
+            # account for the rows in input order: skip reasons, the validation selection, the document limit
+            val, done = [], False
+            for reason, pos in zip(reasons, batch.positions):
+                state.rows += 1
+                state.position = pos
+                if reason is not None:
+                    state.skipped[reason] += 1
+                    continue
+                d = state.documents
+                state.documents += 1
+                val.append(cfg.validation_documents > 0 and d % cfg.validation_every == 0
+                           and d // cfg.validation_every < cfg.validation_documents)
+                if limit and state.documents >= limit:
+                    done = True
+                    break
+            if len(val) < len(lengths):  # stopped at the document limit
+                lengths = lengths[:len(val)]
+                ids = ids[:int(lengths.sum())]
             if len(lengths):
-                val = batch.validation
+                val = np.array(val, dtype=bool)
                 if val.any():
                     tok_mask = np.repeat(val, lengths)
                     writers["validation"].add(ids[tok_mask], lengths[val])
@@ -355,11 +365,14 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
                 new_tokens += len(ids)
                 bar.update(len(lengths))
                 bar.set_postfix(tokens=f"{new_tokens:.3g}", refresh=False)
-            if batch.last or writers["train"].tokens >= cfg.shard_tokens:
-                if batch.last and batch.state["documents"] == 0:
+            last = batch.last or done
+            if last or writers["train"].tokens >= cfg.shard_tokens:
+                if last and state.documents == 0:
                     raise ValueError(f"source '{spec.name}': no documents in {reader.describe()} (rows read: "
-                                     f"{batch.state['rows']}; skipped: {batch.state['skipped'] or 'none'})")
-                _commit(folder, manifest, writers, batch.state, complete=batch.last)
+                                     f"{state.rows}; skipped: {dict(state.skipped) or 'none'})")
+                _commit(folder, manifest, writers, state.snapshot(), complete=last)
+            if last:
+                break
     except BaseException:
         for w in writers.values():
             w.abort()

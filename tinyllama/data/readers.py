@@ -220,11 +220,64 @@ class Position:
         return {"file": self.file, "row": self.row, "offset": self.offset}
 
 
+@dataclass
+class RowParser:
+    """Turn a record (a raw jsonl line, or an already decoded row) into ``(text, None)`` or ``(None, skip reason)``.
+
+    Runs in the tokenizer worker processes, so that parsing JSON scales with the workers instead of loading the
+    main process, which only reads raw lines and writes shards.
+    """
+
+    spec: SourceSpec
+
+    def row(self, record) -> "dict | Bad":
+        if isinstance(record, (bytes, bytearray)):
+            if not record.strip():
+                return Bad("blank line")
+            try:
+                text = record.decode("utf-8")
+            except UnicodeDecodeError:
+                return Bad("invalid UTF-8")
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                return Bad("invalid JSON")
+            if not isinstance(obj, dict):
+                return Bad("row is not a JSON object")
+            if b"\\ud" in record or b"\\uD" in record:  # an escaped lone surrogate is not valid text
+                try:
+                    json.dumps(obj, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError:
+                    return Bad("invalid UTF-8")
+            return obj
+        return record
+
+    def parse(self, record) -> tuple[str | None, str | None]:
+        row = self.row(record)
+        if isinstance(row, Bad):
+            return None, row.reason
+        spec = self.spec
+        text = get_field(row, spec.text_field)
+        if text is _MISSING or text is None:
+            return None, f"missing field {spec.text_field}"
+        if not isinstance(text, str):
+            return None, f"{spec.text_field} is not a string"
+        for f in spec.filters:
+            reason = f.reason(row)
+            if reason:
+                return None, reason
+        if not text:
+            return None, "empty text"
+        return text, None
+
+
 class SourceReader:
-    """Iterate ``(text or None, skip reason or None, position after the row)`` over a source, from a position."""
+    """Iterate the records of a source from a position: ``(record, position after it)``, where a record is a raw
+    jsonl line (bytes), a decoded row (dict) or a ``Bad`` row; ``RowParser`` makes documents of them."""
 
     def __init__(self, spec: SourceSpec):
         self.spec = spec
+        self.parser = RowParser(spec)
         self._peeking = False
         self.hub = is_hub(spec)
         if self.hub:
@@ -255,6 +308,7 @@ class SourceReader:
         if first is None:
             raise ValueError(f"source '{self.spec.name}': empty source, no rows in {self.describe()}")
         row, where = first
+        row = self.parser.row(row)
         fields = [self.spec.text_field] + [f.field for f in self.spec.filters]
         for name in fields:
             if get_field(row, name) is _MISSING:
@@ -263,33 +317,17 @@ class SourceReader:
                 raise ValueError(f"source '{self.spec.name}': {where} has no field '{name}' ({kind}); its fields "
                                  f"are: {have}")
 
+    def records(self, start: Position) -> Iterator[tuple[Any, Position]]:
+        return self._rows(start)
+
     def rows(self, start: Position) -> Iterator[tuple[str | None, str | None, Position]]:
-        spec = self.spec
-        for row, pos in self._rows(start):
-            if isinstance(row, Bad):  # a problem with the row itself (encoding, JSON)
-                yield None, row.reason, pos
-                continue
-            text = get_field(row, spec.text_field)
-            if text is _MISSING or text is None:
-                yield None, f"missing field {spec.text_field}", pos
-                continue
-            if not isinstance(text, str):
-                yield None, f"{spec.text_field} is not a string", pos
-                continue
-            reason = None
-            for f in spec.filters:
-                reason = f.reason(row)
-                if reason:
-                    break
-            if reason:
-                yield None, reason, pos
-            elif not text:
-                yield None, "empty text", pos
-            else:
-                yield text, None, pos
+        """``(text or None, skip reason or None, position after the row)``, parsed here."""
+        for record, pos in self._rows(start):
+            text, reason = self.parser.parse(record)
+            yield text, reason, pos
 
     def _rows(self, start: Position, peek: bool = False) -> Iterator[tuple[Any, Position]]:
-        """Yield (row dict or Bad, position after it); with ``peek``, (first row, where it is) and stop."""
+        """Yield (record, position after it); with ``peek``, (first good record, where it is) and stop."""
         if self.hub:
             yield from self._hub_rows(start, peek)
             return
@@ -299,7 +337,7 @@ class SourceReader:
             reader = {"jsonl": self._jsonl, "json": self._json, "parquet": self._parquet, "txt": self._txt}[fmt]
             for row, pos in reader(path, at):
                 if peek:
-                    if isinstance(row, Bad):
+                    if isinstance(self.parser.row(row), Bad):
                         continue  # a bad first row is counted later; look for the first good one
                     yield row, f"{path} row {pos.row}"
                     return
@@ -313,30 +351,7 @@ class SourceReader:
             for line in f:
                 offset += len(line)
                 row += 1
-                pos = Position(at.file, row, offset)
-                if not line.strip():
-                    yield Bad("blank line"), pos
-                    continue
-                try:
-                    text = line.decode("utf-8")
-                except UnicodeDecodeError:
-                    yield Bad("invalid UTF-8"), pos
-                    continue
-                try:
-                    obj = json.loads(text)
-                except ValueError:
-                    yield Bad("invalid JSON"), pos
-                    continue
-                if not isinstance(obj, dict):
-                    yield Bad("row is not a JSON object"), pos
-                    continue
-                if b"\\ud" in line or b"\\uD" in line:  # an escaped lone surrogate is not valid text
-                    try:
-                        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-                    except UnicodeEncodeError:
-                        yield Bad("invalid UTF-8"), pos
-                        continue
-                yield obj, pos
+                yield line, Position(at.file, row, offset)
 
     def _json(self, path: Path, at: Position):
         with _open_binary(path) as f:
