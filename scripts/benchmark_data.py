@@ -1,6 +1,6 @@
 """Benchmark the data layer against the tokenizer's raw speed and the usual Hugging Face way (see docs/benchmarks.md).
 
-    python scripts/benchmark_data.py [--mb 60] [--tokenizer data/demo/tokenizer] [--workers N] [--seq_len 2048]
+    python scripts/benchmark_data.py [--mb 12] [--tokenizer data/demo/tokenizer] [--workers 2 0] [--repeat 5]
 
 On the same text and the same cores it prints:
   1. raw: the tokenizer's own batch encoding (``Tokenizer.encode_batch_fast`` on every document in memory, Rust
@@ -144,12 +144,12 @@ def bench_loader(data_dir: Path, seq_len: int, stride: int, seconds: float = 4.0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=float, default=60, help="corpus size in MB of jsonl (default 60)")
+    parser.add_argument("--mb", type=float, default=12, help="corpus size in MB of jsonl (default 12)")
     parser.add_argument("--tokenizer", default="data/demo/tokenizer", help="fast tokenizer folder")
-    parser.add_argument("--workers", type=int, nargs="+", default=[-1],
-                        help="prepare_data num_workers to measure (-1: a process per core, 0: in-process Rust "
+    parser.add_argument("--workers", type=int, nargs="+", default=[len(os.sched_getaffinity(0))],
+                        help="prepare_data num_workers to measure (default: a process per core; 0: in-process, Rust "
                              "threads); run_clm uses num_proc = all cores")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each way, interleaved; the best counts")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each way, interleaved; the best counts")
     parser.add_argument("--seq_len", type=int, default=2048)
     parser.add_argument("--skip_run_clm", action="store_true")
     args = parser.parse_args()
@@ -161,7 +161,7 @@ def main() -> None:
         cores = len(os.sched_getaffinity(0))
         mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
         print(f"machine: {_cpu_name()}, {len(os.sched_getaffinity(0))} cores available; python "
-              f"{platform.python_version()}")
+              f"{platform.python_version()}; load average before: {os.getloadavg()[0]:.1f}")
         print(f"corpus: {corpus.stat().st_size / 1e6:.1f} MB jsonl, {len(texts)} documents kept ({mb:.1f} MB of "
               f"text), tokenizer {args.tokenizer}")
         import transformers  # noqa: F401  (imported once per process; not part of any way's time)
@@ -210,6 +210,7 @@ def main() -> None:
             steady = (mb - small_mb) / (min(times[f"pipeline-{w}"]) - fixed)
             print(f"\npipeline (num_workers={w}) without its fixed cost ({fixed:.1f}s: tokenizer load, worker start-up; "
                   f"measured on 1% of the corpus): {steady:.2f} MB text/s = {100 * steady / (mb / raw_dt):.0f}% of raw")
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
         print("all runs (s): " + ", ".join(f"{k} {[round(t, 1) for t in v]}" for k, v in times.items()))
         for out in work.glob("out-*"):
             out.rename(work / "out")

@@ -37,6 +37,7 @@ from .tokenize import Encoder, TokenizerInfo, encode_in_worker, encode_records, 
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SMALL_INPUT_BYTES = 32 * 2**20  # num_workers -1 tokenizes local inputs smaller than this in-process
 
 
 @dataclass
@@ -66,7 +67,8 @@ class PrepareConfig:
     batch_bytes: int = field(default=4_000_000, metadata={"help": "... or fewer, to keep a batch under about this "
                                                                   "many bytes of text"})
     num_workers: int = field(default=-1, metadata={
-        "help": "tokenizer worker processes: -1 = one per available core, 0 = in this process (Rust threads)"})
+        "help": "tokenizer worker processes: -1 = one per available core (in this process for local inputs under "
+                "32 MB), 0 = in this process (Rust threads)"})
     build_demo: Optional[str] = field(default=None, metadata={
         "help": "build the embedded demo corpus into this folder first if it is missing (demo config only)"})
     overwrite: bool = field(default=False, metadata={
@@ -109,11 +111,15 @@ class PrepareConfig:
         return [s for s in self._specs if not self.only or s.name in self.only]
 
     def settings(self, spec: SourceSpec, dtype: str) -> dict:
-        """Everything that determines a source's output bytes (compared on a rerun)."""
+        """Everything that determines a source's token streams and document boundaries (compared on a rerun)."""
         return {"source": spec.to_dict(), "tokenizer": self.tokenizer, "bos": self.bos, "eos": self.eos,
-                "dtype": dtype, "shard_tokens": self.shard_tokens, "validation_every": self.validation_every,
-                "validation_documents": self.validation_documents, "max_chars_per_piece": self.max_chars_per_piece,
-                "batch_rows": self.batch_rows, "batch_bytes": self.batch_bytes}
+                "dtype": dtype, "validation_every": self.validation_every,
+                "validation_documents": self.validation_documents, "max_chars_per_piece": self.max_chars_per_piece}
+
+    def layout(self) -> dict:
+        """What only decides where shards are cut: changing it changes file boundaries, never the token streams
+        that readers see (which concatenate the shards), so it may differ between a run and its resumption."""
+        return {"shard_tokens": self.shard_tokens, "batch_rows": self.batch_rows, "batch_bytes": self.batch_bytes}
 
 
 def prepare_data(args: list[str] | None = None) -> Path:
@@ -132,8 +138,7 @@ def _dtype_for(cfg: PrepareConfig, vocab_size: int | None) -> str:
 
 
 def _settings_diff(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [k for k in keys if old.get(k) != new.get(k)]
+    return [k for k in new if old.get(k) != new[k]]
 
 
 def _is_done(cfg: PrepareConfig, spec: SourceSpec, folder: Path) -> bool:
@@ -188,7 +193,13 @@ def prepare_sources(cfg: PrepareConfig) -> Path:
                                  f"output_dir")
         readers[spec.name].check()  # the text and filter fields are in the data; the source is not empty
 
-    workers = len(os.sched_getaffinity(0)) if cfg.num_workers == -1 else cfg.num_workers
+    workers = cfg.num_workers
+    if workers == -1:
+        small = all(not r.hub for r in readers.values()) and sum(
+            f.stat().st_size for r in readers.values() for f, _ in r.files) < SMALL_INPUT_BYTES
+        # a small local input (the demo) is done before worker processes would have started
+        workers = 0 if small else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                   else os.cpu_count() or 1)
     pool = None
     if workers > 0:
         # spawn, not fork: the parent may hold threads (pyarrow, torch) that a fork would copy mid-lock
@@ -308,6 +319,7 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
             "validation": f"documents 0, {cfg.validation_every}, {2 * cfg.validation_every}, ... (counted after "
                           f"filters, in input order), at most {cfg.validation_documents}",
             "settings": cfg.settings(spec, dtype),
+            "layout": cfg.layout(),
             "resume": Position().to_dict(),
             "stats": {"rows_read": 0, "documents": {s: 0 for s in SPLITS}, "tokens": {s: 0 for s in SPLITS},
                       "skipped": {}},
