@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) scripts/demo.py
+	$(PY) recipes/pretrain.py
 
 test: install
 	$(PY) -m pytest -q -x --durations=15
