@@ -148,8 +148,24 @@ def main(argv: list[str] | None = None) -> dict:
                     point_final(export_root, out)
                 if uploader:
                     uploader.submit(out, f"step {state.step}: {state.tokens:,} tokens")
+                if args.eval_suite:
+                    evaluate_export(out)
                 rotate_exports(export_root, args.keep_last, protect=uploader.pending if uploader else set())
         accelerator.wait_for_everyone()
+
+    def evaluate_export(out: Path) -> None:
+        """lm-eval on the export, logged beside the loss. Blocking (the other ranks wait at the next barrier): for
+        long suites on big runs, run evaluation/run_lm_eval.sh on the exports as a separate job instead."""
+        from tinyllama.evaluation import run_suite
+
+        try:
+            results = run_suite(out, args.eval_suite, run_dir / "eval", limit=args.eval_limit,
+                                data_dir=os.environ.get("EVAL_DATA_DIR") or None)
+        except Exception as e:  # an evaluation problem is reported, it never stops training
+            log.error("eval_suite %s on %s failed: %s", args.eval_suite, out.name, e)
+            return
+        metrics.log({f"eval/{task}/{metric}": value for task, m in results.items() for metric, value in m.items()
+                     if isinstance(value, (int, float))}, state.step)
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def loader_from(step: int):

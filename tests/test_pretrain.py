@@ -201,3 +201,16 @@ def test_hub_outage_never_kills_training(tmp_path):
     assert "upload of step-000002 failed after 2 attempts" in proc.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["hub_failed"] == 1 and (tmp_path / "run" / "export" / "final" / "model.safetensors").exists()
+
+
+def test_eval_suite_runs_on_each_export_and_is_logged_beside_the_loss(tmp_path, monkeypatch):
+    """eval_suite: lm-eval's own commonsense tasks on each export (local fixture files, offline)."""
+    from test_eval_run import write_fixtures
+
+    monkeypatch.setenv("EVAL_DATA_DIR", str(write_fixtures(tmp_path / "eval_data")))
+    cfg = write_config(tmp_path, "eval_suite: commonsense\neval_limit: 2\n")
+    run_inprocess(cfg, "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--save_every", "2")
+    rows = [r for r in metrics(tmp_path / "run") if any(k.startswith("eval/") for k in r)]
+    assert len(rows) == 1 and rows[0]["step"] == 2
+    assert {"eval/hellaswag/acc_norm", "eval/piqa/acc_norm", "eval/winogrande/acc"} <= set(rows[0])
+    assert (tmp_path / "run" / "eval" / "step-000002" / "commonsense").is_dir()
