@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tinyllama.chat import _is_hub_id, check_model_source, is_adapter_dir
+from tinyllama.chat import is_hub_id, check_model_source, is_adapter_dir
 from tinyllama.utils import atomic_dir, entry_point
 
 
@@ -44,7 +44,7 @@ def merged_card(adapter: Path, base: str, dtype: str) -> str:
     if readme.is_file():
         card = ModelCard.load(readme)
         card.data.library_name = "transformers"
-        card.data.base_model = base if _is_hub_id(base) else None
+        card.data.base_model = base if is_hub_id(base) else None
         card.data.tags = [t for t in (card.data.tags or []) if t != "lora"] + ["merged"]
         card.text = card.text.replace("A TinyLlama chat LoRA adapter", "A TinyLlama chat model (merged LoRA)")
         return str(card).rstrip() + "\n\n" + note

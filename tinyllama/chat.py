@@ -88,7 +88,14 @@ def setup_tokenizer(name_or_path: str, *, chat_template: str | None = "zephyr", 
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision,
+                                                  trust_remote_code=trust_remote_code)
+    except OSError as e:
+        offline = " (HF_HUB_OFFLINE is set: a Hub id must already be in the local cache)" \
+            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
+        raise ValueError(f"model_name_or_path / tokenizer_name_or_path: cannot load the tokenizer of "
+                         f"{name_or_path!r}{offline}: {str(e).splitlines()[0]}") from None
     if tokenizer.eos_token is None:
         raise ValueError(f"tokenizer of {name_or_path} has no EOS token; a chat model needs one to stop")
     template = chat_template_from(chat_template)
@@ -148,12 +155,13 @@ def load_split(name: str, config: str | None, split: str, *, streaming: bool = F
     if _looks_local(name) and not path.exists():
         raise FileNotFoundError(f"dataset_name: local dataset not found: {name}")
     try:
-        dataset = load_dataset(name, config, streaming=streaming)
+        return load_dataset(name, config, split=split, streaming=streaming)  # downloads that split's files only
+    except ValueError as e:
+        if "split" in str(e).lower():
+            raise ValueError(f"dataset {name!r} has no split {split!r}: {e}") from None
+        raise
     except (ConnectionError, OSError) as e:
         raise ValueError(f"dataset_name: cannot load {name!r}: {e}") from None
-    if split not in dataset:
-        raise ValueError(f"dataset {name!r} has no split {split!r}; its splits are: {', '.join(dataset)}")
-    return dataset[split]
 
 
 def _looks_local(name: str) -> bool:
@@ -392,7 +400,7 @@ CARD_HYPERPARAMETERS = (
 )
 
 
-def _is_hub_id(name: str | None) -> bool:
+def is_hub_id(name: str | None) -> bool:
     return bool(name) and not Path(str(name)).exists() and str(name).count("/") == 1 and not _looks_local(str(name))
 
 
@@ -402,9 +410,9 @@ def model_card_text(*, stage: str, base_model: str, datasets: Sequence[str], con
     import yaml
     from huggingface_hub import ModelCardData
 
-    hub_datasets = [d for d in datasets if _is_hub_id(d)]
+    hub_datasets = [d for d in datasets if is_hub_id(d)]
     data = ModelCardData(
-        base_model=base_model if _is_hub_id(base_model) else None,
+        base_model=base_model if is_hub_id(base_model) else None,
         datasets=hub_datasets or None,
         library_name="peft" if adapter else "transformers",
         license="apache-2.0",
