@@ -104,3 +104,36 @@ def test_resolved_config_never_holds_the_hub_token(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secretsecretsecret")
     d = config_to_dict(Train(name="x-hf_secretsecretsecret"), Model(hub_token="hf_secretsecretsecret"))
     assert "hub_token" not in d and "hf_secret" not in str(d) and d["lr"] == 1e-3
+
+
+def test_base_inheritance_child_wins_relative_to_the_child(tmp_path):
+    (tmp_path / "parents").mkdir()
+    write(tmp_path / "parents", "lr: 3e-4\nsteps: 5\nname: parent\nmixture: {a: 1, b: 2}\ntags: [x]\n", "root.yaml")
+    write(tmp_path / "parents", "base: root.yaml\nsteps: 6\nname: middle\n", "middle.yaml")
+    child = write(tmp_path, "base: parents/middle.yaml\nname: child\nmixture: {c: 1}\n", "child.yaml")
+    train, _ = parse_config([Train, Model], ["--config", child, "--steps", "9"])
+    assert train.lr == 3e-4 and train.tags == ["x"]  # from the grandparent
+    assert train.name == "child" and train.mixture == {"c": 1}  # the child's keys replace the parent's, whole
+    assert train.steps == 9  # the command line still wins
+    (train2, _) = parse_config([Train, Model], ["--config", child])
+    assert train2.steps == 6  # the middle file beat the root
+    assert "base" not in config_to_dict(train2)
+    # a list of bases merges in order
+    write(tmp_path, "steps: 7\nname: other\n", "other.yaml")
+    both = write(tmp_path, "base: [parents/middle.yaml, other.yaml]\n", "both.yaml")
+    (train3, _) = parse_config([Train, Model], ["--config", both])
+    assert (train3.steps, train3.name, train3.lr) == (7, "other", 3e-4)
+
+
+def test_base_cycles_and_missing_parents_are_named(tmp_path):
+    a = write(tmp_path, "base: b.yaml\nsteps: 1\n", "a.yaml")
+    write(tmp_path, "base: a.yaml\nsteps: 2\n", "b.yaml")
+    with pytest.raises(ConfigError, match="'base' cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        parse_config(Train, ["--config", a])
+    with pytest.raises(ConfigError, match="'base' cycle"):
+        parse_config(Train, ["--config", write(tmp_path, "base: self.yaml\n", "self.yaml")])
+    missing = write(tmp_path, "base: nope.yaml\n", "m.yaml")
+    with pytest.raises(FileNotFoundError, match="nope.yaml \\(the base of .*m.yaml\\)"):
+        parse_config(Train, ["--config", missing])
+    with pytest.raises(ConfigError, match="'base' must be a path"):
+        parse_config(Train, ["--config", write(tmp_path, "base: {x: 1}\n", "bad.yaml")])

@@ -10,6 +10,11 @@ take YAML values without checking their types, while a run that costs thousands 
 
 A dataclass may define ``validate(self) -> list[str]`` for cross-field checks (e.g. global batch divisible by
 micro batch x processes); its messages are collected with the rest.
+
+Derived configs: a YAML may start with ``base: parent.yaml`` (a path relative to the YAML itself, or a list of
+them, merged in order). The parent is read first (its own ``base`` too), then the child's keys replace the
+parent's, whole: a child's ``mixture`` replaces the parent's mixture, it is not merged into it. A ``base`` cycle is
+an error. So a cooldown config states only what differs from its continual stage (``configs/cooldown/*.yaml``).
 """
 
 from __future__ import annotations
@@ -37,11 +42,21 @@ class ConfigError(ValueError):
         super().__init__(f"invalid configuration ({source}): {len(self.errors)} problem(s)\n{lines}")
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML mapping, with a clear error for a missing file, bad YAML or a non-mapping."""
-    path = Path(path)
+BASE_KEY = "base"
+
+
+def load_yaml(path: str | os.PathLike, inherit: bool = True) -> dict:
+    """Read a YAML mapping, with a clear error for a missing file, bad YAML or a non-mapping.
+
+    With ``inherit`` (the default) a top-level ``base: parent.yaml`` (or a list of parents) is resolved: the
+    parents' keys first, the child's keys win (see the module docstring)."""
+    return _load_yaml(Path(path), inherit, ())
+
+
+def _load_yaml(path: Path, inherit: bool, chain: tuple[Path, ...]) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        child = f" (the base of {chain[-1]})" if chain else ""
+        raise FileNotFoundError(f"config file not found: {path}{child}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -50,7 +65,23 @@ def load_yaml(path: str | os.PathLike) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(str(path), [f"must be a YAML mapping of key: value, got {type(data).__name__}"])
-    return data
+    if not inherit or BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    parents = [base] if isinstance(base, str) else base
+    if not isinstance(parents, list) or not parents or not all(isinstance(b, str) and b for b in parents):
+        raise ConfigError(str(path), [f"'{BASE_KEY}' must be a path (relative to this file) or a list of paths, "
+                                      f"got {base!r}"])
+    here = path.resolve()
+    merged: dict = {}
+    for parent in parents:
+        parent_path = Path(parent) if Path(parent).is_absolute() else path.parent / parent
+        if parent_path.resolve() in chain + (here,):
+            cycle = " -> ".join(str(p) for p in chain + (here, parent_path.resolve()))
+            raise ConfigError(str(path), [f"'{BASE_KEY}' cycle: {cycle}"])
+        merged.update(_load_yaml(parent_path, inherit, chain + (here,)))
+    merged.update(data)
+    return merged
 
 
 def split_cli(args: Sequence[str]) -> tuple[str | None, dict[str, Any], list[str]]:
