@@ -56,8 +56,8 @@ def lora_runs(tmp_path_factory, demo_paths):
     straight_metrics = sft.main(cli(straight))  # the recipe's entry point, in process
     resumed = tmp / "resumed"
     resumed_metrics = sft.main(cli(resumed, "--resume_from_checkpoint", str(straight / "checkpoint-3")))
-    return dict(tmp=tmp, base=base, straight=straight, resumed=resumed, straight_metrics=straight_metrics,
-                resumed_metrics=resumed_metrics)
+    return dict(tmp=tmp, base=base, data=data, cli=cli, straight=straight, resumed=resumed,
+                straight_metrics=straight_metrics, resumed_metrics=resumed_metrics)
 
 
 def test_lora_saves_an_adapter_with_tokenizer_and_card(lora_runs):
@@ -123,3 +123,54 @@ def test_merge_refuses_a_full_model(lora_runs, tmp_path):
     merge = load_script("scripts/merge_lora.py")
     with pytest.raises(ValueError, match="not a LoRA adapter"):
         merge.merge(str(lora_runs["base"]), str(tmp_path / "x"))
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.HfApi in transformers.trainer: records what would be uploaded."""
+
+    def __init__(self):
+        self.uploads = []
+
+    def create_repo(self, repo_id, **kwargs):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(repo_id=f"someone/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=(), run_as_future=False, **kwargs):
+        import fnmatch
+        from concurrent.futures import Future
+
+        root = Path(folder_path)
+        files = {}
+        for path in root.rglob("*"):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and not any(fnmatch.fnmatch(rel.split("/")[0], p) for p in ignore_patterns):
+                files[rel] = path.read_bytes()
+        self.uploads.append((repo_id, files))
+        if run_as_future:
+            future = Future()
+            future.set_result(None)
+            return future
+        return None
+
+
+def test_push_to_hub_uploads_adapter_tokenizer_card_and_config_without_the_token(lora_runs, monkeypatch):
+    import transformers.trainer
+
+    hub = FakeHub()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
+    secret = "hf_notARealTokenButNeverWriteIt"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    sft = load_script("recipes/sft.py")
+    out = lora_runs["tmp"] / "pushed"
+    sft.main(lora_runs["cli"](out, "--max_steps", "2", "--save_strategy", "'no'", "--push_to_hub", "true",
+                              "--hub_model_id", "tinyllama-chat-lora-test"))
+    repo, files = hub.uploads[-1]
+    assert repo == "someone/tinyllama-chat-lora-test"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "chat_template.jinja", "tokenizer.json",
+                 "README.md", "config.yaml"):
+        assert name in files, name
+    card = files["README.md"].decode()
+    assert "LoRA adapter" in card and "## Hyperparameters" in card and str(lora_runs["base"]) in card
+    assert not any(name.startswith("checkpoint-") for name in files)
+    assert all(secret.encode() not in content for content in files.values())
