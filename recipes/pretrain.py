@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
         metrics.log({f"eval/{task}/{metric}": value for task, m in results.items() for metric, value in m.items()
                      if isinstance(value, (int, float))}, state.step)
 
+    if args.export_initial and state.step == 0:  # the weights this run starts from, before any update
+        export_model(accelerator, model, tokenizer, export_root / "initial", metadata())
+
     # ---- the loop ----------------------------------------------------------------------------------------------
     def loader_from(step: int):
         sampler = DistributedStepSampler(state.samples, batches.batch_at(step), rank, world)

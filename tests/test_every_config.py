@@ -16,6 +16,9 @@ def _parsers():
         ("evaluation/reference/*.yaml", _check_eval_reference),
         ("configs/data/*.yaml", lambda p: __import__("tinyllama.data.prepare", fromlist=["_"]).load_config(p)),
         ("configs/chat/*.yaml", _parse_chat_config),
+        ("configs/pretrain/*.yaml", _parse_pretrain_config),
+        ("configs/continual/*.yaml", _parse_pretrain_config),
+        ("configs/cooldown/*.yaml", _parse_pretrain_config),
     ]
 
 
@@ -56,3 +59,11 @@ def _parse_chat_config(path):
     from tinyllama.chat_args import parse_chat_config
 
     parse_chat_config(path, ["--use_cpu", "true"])
+
+
+def _parse_pretrain_config(path):
+    """recipes/pretrain.py's parser (stage configs: pretrain, continual, cooldown; `base:` resolved)."""
+    from tinyllama.config import parse_config
+    from tinyllama.training.args import PretrainArgs
+
+    parse_config(PretrainArgs, ["--config", str(path)])

@@ -37,6 +37,9 @@ class PretrainArgs:
         "not the same as resume, which continues this run"))
     init_optimizer: bool = field(default=False, metadata=_help(
         "with init_from a checkpoint folder: carry its optimizer state over (default: fresh optimizer)"))
+    export_initial: bool = field(default=False, metadata=_help(
+        "export the weights this run starts from to export/initial before the first update (to check what "
+        "init_from loaded; not on resume)"))
     tokenizer: str = field(default="data/demo/tokenizer", metadata=_help("tokenizer folder or Hub id"))
     attn_implementation: str = field(default="auto", metadata=_help(
         "auto | flash_attention_2 | sdpa | eager | flex_attention (flash_attention_2 falls back to sdpa, "
@@ -163,6 +166,10 @@ class PretrainArgs:
             e.append("set 'model_config' (train from scratch) or 'init_from' (start from weights)")
         if self.init_optimizer and not self.init_from:
             e.append("'init_optimizer' needs 'init_from' (a checkpoint folder)")
+        elif self.init_optimizer and Path(self.init_from).is_dir() and not (
+                Path(self.init_from) / "train_state.json").is_file():
+            e.append(f"'init_optimizer': {self.init_from} is not a checkpoint folder (no train_state.json); an "
+                     "exported model has no optimizer state: name a checkpoints/step-N folder or drop init_optimizer")
         if self.attn_implementation not in ("auto", "flash_attention_2", "sdpa", "eager", "flex_attention"):
             e.append(f"'attn_implementation' must be auto, flash_attention_2, sdpa, eager or flex_attention, "
                      f"got {self.attn_implementation!r}")

@@ -94,9 +94,10 @@ def setup_model(args):
             check_same_architecture(load_model_config(args.model_config), model.config, args.model_config,
                                     args.init_from)
         model.load_state_dict(checkpoint_state_dict(args.init_from), strict=True)
-    else:
+    else:  # fp32 weights whatever the file holds (a Hub checkpoint may be bf16): autocast keeps fp32 masters
         model = build_model(args.model_config, init_from=args.init_from, attn_implementation=args.attn_implementation,
-                            trust_remote_code=args.trust_remote_code, seed=args.seed)
+                            trust_remote_code=args.trust_remote_code, seed=args.seed,
+                            dtype=torch.float32 if args.init_from else None)
     model.config.use_cache = False
     if args.use_liger_kernel:
         if importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available():
