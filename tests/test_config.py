@@ -137,3 +137,23 @@ def test_base_cycles_and_missing_parents_are_named(tmp_path):
         parse_config(Train, ["--config", missing])
     with pytest.raises(ConfigError, match="'base' must be a path"):
         parse_config(Train, ["--config", write(tmp_path, "base: {x: 1}\n", "bad.yaml")])
+
+
+def test_yaml_no_and_yes_mean_the_word_for_string_and_choice_fields(tmp_path):
+    import enum
+
+    class Strategy(enum.Enum):
+        NO = "no"
+        STEPS = "steps"
+
+    @dataclass
+    class Eval:
+        eval_strategy: Strategy = Strategy.STEPS
+        note: str = "x"
+        flag: bool = True
+
+    cfg = write(tmp_path, "eval_strategy: no\nnote: yes\nflag: no\n")
+    (e,) = parse_config(Eval, ["--config", cfg])
+    assert e.eval_strategy is Strategy.NO and e.note == "yes" and e.flag is False
+    (e,) = parse_config(Eval, ["--eval_strategy", "no"])
+    assert e.eval_strategy is Strategy.NO

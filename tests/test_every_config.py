@@ -16,6 +16,7 @@ def _parsers():
         ("evaluation/reference/*.yaml", _check_eval_reference),
         ("configs/data/*.yaml", lambda p: __import__("tinyllama.data.prepare", fromlist=["_"]).load_config(p)),
         ("configs/chat/*.yaml", _parse_chat_config),
+        ("configs/accelerate/*.yaml", _parse_accelerate_config),
         ("configs/pretrain/*.yaml", _parse_pretrain_config),
         ("configs/continual/*.yaml", _parse_pretrain_config),
         ("configs/cooldown/*.yaml", _parse_pretrain_config),
@@ -67,3 +68,19 @@ def _parse_pretrain_config(path):
     from tinyllama.training.args import PretrainArgs
 
     parse_config(PretrainArgs, ["--config", str(path)])
+
+
+def _parse_accelerate_config(path):
+    """accelerate's own loader (unknown keys raise); a DeepSpeed JSON it names must exist, parse, and leave the
+    recipe's values as 'auto' so that they are filled from the recipe."""
+    import json
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    ds = (config.deepspeed_config or {}).get("deepspeed_config_file")
+    if ds:
+        values = json.loads((REPO / ds).read_text())
+        for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
+            assert values[key] == "auto", (ds, key)
+        assert config.mixed_precision in (None, "no"), "precision comes from the recipe with a DeepSpeed JSON"
