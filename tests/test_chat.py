@@ -337,8 +337,11 @@ def test_model_source_and_resume_errors(tmp_path):
         chat.resolve_resume("last", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
         chat.resolve_resume(str(tmp_path / "checkpoint-7"), str(tmp_path))
-    (tmp_path / "checkpoint-7").mkdir()
-    assert chat.resolve_resume("last", str(tmp_path)) is True
+    (tmp_path / "checkpoint-7").mkdir()  # killed while saving: no trainer_state.json, never resumed from
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        chat.resolve_resume("last", str(tmp_path))
+    (tmp_path / "checkpoint-7" / "trainer_state.json").write_text("{}")
+    assert chat.resolve_resume("last", str(tmp_path)) == str(tmp_path / "checkpoint-7")
     chat.check_model_source("TinyLlama/TinyLlama_v1.1")  # a Hub id is left to from_pretrained
 
 

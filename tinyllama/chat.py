@@ -330,16 +330,36 @@ def precheck_argv(argv: Sequence[str]) -> None:
                                        use_peft=True))
 
 
+def complete_trainer_checkpoints(output_dir: str | Path) -> list[Path]:
+    """``checkpoint-N`` folders by step whose ``trainer_state.json`` (the Trainer writes it last) is whole: a run killed
+    while saving leaves a folder with weights but no state, which must never be resumed from."""
+    import json
+    import re
+
+    found = []
+    if Path(output_dir).is_dir():
+        for p in Path(output_dir).iterdir():
+            m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+            if not (m and p.is_dir() and (p / "trainer_state.json").is_file()):
+                continue
+            try:
+                json.loads((p / "trainer_state.json").read_text())
+            except ValueError:
+                continue
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
 def resolve_resume(value: str | None, output_dir: str) -> str | bool | None:
     """``resume_from_checkpoint``: a checkpoint folder, or ``last`` for the newest one in ``output_dir``."""
     if value in (None, "", "false", "False", "no"):
         return None
     if value in ("last", "true", "True", "yes"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        if not Path(output_dir).is_dir() or get_last_checkpoint(output_dir) is None:
-            raise FileNotFoundError(f"resume_from_checkpoint: last: no checkpoint-* folder in {output_dir}")
-        return True
+        found = complete_trainer_checkpoints(output_dir)
+        if not found:
+            raise FileNotFoundError(f"resume_from_checkpoint: last: no checkpoint-* folder with a complete trainer_state.json in "
+                                    f"{output_dir}")
+        return str(found[-1])
     if not Path(value).is_dir():
         raise FileNotFoundError(f"resume_from_checkpoint: checkpoint folder not found: {value}")
     return value
