@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all faults clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -x --durations=15
+
+# the whole fault-injection suite (kills, preemption, disk full, Hub outages, bad inputs; docs/reliability.md)
+faults: install
+	TINYLLAMA_FAULTS_FULL=1 $(PY) -m pytest -q tests/faults --durations=20
 
 clean:
 	rm -rf data/demo outputs/demo*

@@ -12,6 +12,7 @@ A checkpoint is written into ``.tmp-step-000500`` and renamed into place only wh
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -101,12 +102,24 @@ def save_checkpoint(accelerator, root: Path, state: TrainState, model_config, ke
             shutil.rmtree(tmp)
         tmp.mkdir()
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            model_config.to_json_file(str(tmp / "model_config.json"))
+            atomic_write_text(tmp / STATE_FILE, json.dumps(asdict(state), indent=2))  # last: marks completeness
+            fsync_tree(tmp)
+    except OSError as e:  # a full disk (or quota) mid-write: say so, keep the previous checkpoint, drop the partial one
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        previous = complete_checkpoints(root)
+        raise OSError(e.errno, f"no space left on device while writing checkpoint {final} ({e}); the partial "
+                      "checkpoint was removed and " + (f"the previous checkpoint {previous[-1][1]} is intact"
+                                                        if previous else "no earlier checkpoint exists") +
+                      ": free space, then resume with --resume auto") from None
     if accelerator.is_main_process:
-        model_config.to_json_file(str(tmp / "model_config.json"))
-        atomic_write_text(tmp / STATE_FILE, json.dumps(asdict(state), indent=2))  # last: marks completeness
-        fsync_tree(tmp)
         if final.exists():  # the same step saved again (e.g. after a resume): replace only once the new one is whole
             _remove(final)
         os.replace(tmp, final)

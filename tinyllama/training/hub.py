@@ -81,8 +81,11 @@ class HubUploader:
                 self.pending.discard(folder)
             self._queue.task_done()
 
-    def close(self, timeout: float = 600.0) -> bool:
-        """Wait (bounded) for queued uploads; True when all finished. A hung Hub cannot hold the run forever."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Wait (bounded) for queued uploads; True when all finished. A hung Hub cannot hold the run forever.
+        The bound: ``timeout``, else ``TINYLLAMA_HUB_WAIT_TIMEOUT`` (seconds), else 600."""
+        if timeout is None:
+            timeout = float(os.environ.get("TINYLLAMA_HUB_WAIT_TIMEOUT", 600.0))
         self._queue.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -92,7 +95,10 @@ class HubUploader:
         return True
 
     def stats(self) -> dict:
-        return {"hub_uploaded": len(self.uploaded), "hub_failed": len(self.failed), "hub_attempts": self.attempts}
+        with self._lock:
+            pending = len(self.pending)
+        return {"hub_uploaded": len(self.uploaded), "hub_failed": len(self.failed), "hub_attempts": self.attempts,
+                "hub_pending": pending}
 
 
 def model_card(args, metadata: dict, n_params: int, eval_results: dict | None = None) -> str:

@@ -1,0 +1,38 @@
+"""The fault-injection suite (issue 9): kills, preemption, full disks, Hub outages, non-finite losses, bad inputs.
+
+CI runs the fast subset (``pytest tests/faults``); the cases marked ``faults_full`` run only with
+``TINYLLAMA_FAULTS_FULL=1`` (``make faults``).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # pretrain_utils
+sys.path.insert(0, str(HERE))  # fault_utils
+
+FULL = os.environ.get("TINYLLAMA_FAULTS_FULL") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if FULL:
+        return
+    skip = pytest.mark.skip(reason="full fault suite: set TINYLLAMA_FAULTS_FULL=1 (make faults)")
+    for item in items:
+        if "faults_full" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, demo_paths):
+    """The uninterrupted pretraining run (fault_utils.CHAIN_RUN) every resumed one must reproduce bitwise."""
+    from fault_utils import CHAIN_RUN
+    from pretrain_utils import run_inprocess, write_config
+
+    tmp = tmp_path_factory.mktemp("faults-reference")
+    cfg = write_config(tmp, CHAIN_RUN)
+    run_inprocess(cfg, "--output_dir", str(tmp / "run"))
+    return tmp / "run" / "export" / "final" / "model.safetensors"

@@ -1,0 +1,130 @@
+"""Run a recipe or script with a fault injected at a named moment: the fault suite's launcher.
+
+    python tests/faults/launch.py recipes/pretrain.py --config run.yaml ...
+    TINYLLAMA_TEST_FAULT="kill@checkpoint:2"      SIGKILL this process at the 2nd checkpoint write
+    TINYLLAMA_TEST_FAULT="enospc@checkpoint:2"    raise OSError(ENOSPC) there instead
+
+Points (each counted per process, the n-th occurrence triggers):
+  step        pretraining: before the n-th micro-batch's forward (mid-step when gradient accumulation > 1)
+  checkpoint  pretraining: accelerate's save_state has written the .tmp-step-N folder, before train_state.json
+              and the rename (the moment a checkpoint looks whole but is not yet committed)
+  export      pretraining: inside atomic_dir, weights and tokenizer written, before the move into export/step-N
+  upload      pretraining: the background Hub uploader is about to upload an export
+  shard       data preparation: a shard's .bin/.idx are written and closed, before the manifest records them
+  shard_add   data preparation: before a block of tokens is appended to an open shard
+  sft_save    SFT (Trainer): checkpoint-N has the adapter and optimizer, but not yet RNG and trainer_state.json
+  sft_step    SFT (Trainer): before the n-th training step
+
+The hooks wrap library functions from the outside (nothing in the package changes for the tests); with the
+variable unset the script runs exactly as ``python SCRIPT``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import runpy
+import signal
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _action(kind: str, point: str):
+    if kind == "kill":
+        sys.stderr.write(f"[fault] SIGKILL at {point}\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    raise SystemExit(f"unknown fault action {kind!r}")
+
+
+def install(spec: str) -> None:
+    kind, _, where = spec.partition("@")
+    point, _, nth = where.partition(":")
+    nth = int(nth or 1)
+    count = {"n": 0}
+
+    def hit() -> bool:
+        count["n"] += 1
+        return count["n"] == nth
+
+    def wrap(owner, name: str, before: bool = True):
+        original = getattr(owner, name)
+
+        def wrapper(*a, **k):
+            if before and hit():
+                _action(kind, point)
+            out = original(*a, **k)
+            if not before and hit():
+                _action(kind, point)
+            return out
+
+        setattr(owner, name, wrapper)
+
+    if point == "step":
+        import tinyllama.training.core as core
+
+        wrap(core, "forward_loss")
+    elif point == "checkpoint":
+        from accelerate import Accelerator
+
+        wrap(Accelerator, "save_state", before=False)
+    elif point == "export":
+        import tinyllama.training.checkpoint as ckpt
+
+        original = ckpt.atomic_write_text
+
+        def write(path, text):
+            if Path(path).name == ckpt.METADATA_FILE and hit():
+                _action(kind, point)
+            return original(path, text)
+
+        ckpt.atomic_write_text = write
+    elif point == "upload":
+        from tinyllama.training.hub import HubUploader
+
+        wrap(HubUploader, "_upload")
+    elif point == "shard":
+        from tinyllama.data.shards import ShardWriter
+
+        original = ShardWriter.close
+
+        def close(self):
+            out = original(self)
+            if out is not None and hit():
+                _action(kind, point)
+            return out
+
+        ShardWriter.close = close
+    elif point == "shard_add":
+        from tinyllama.data.shards import ShardWriter
+
+        wrap(ShardWriter, "add")
+    elif point == "sft_save":
+        from transformers import Trainer
+
+        wrap(Trainer, "_save_rng_state")
+    elif point == "sft_step":
+        from transformers import Trainer
+
+        wrap(Trainer, "training_step")
+    else:
+        raise SystemExit(f"unknown fault point {point!r}")
+
+
+def main() -> None:
+    script, *args = sys.argv[1:]
+    sys.path.insert(0, str(REPO))
+    if os.environ.get("TINYLLAMA_TEST_FAULT"):
+        install(os.environ["TINYLLAMA_TEST_FAULT"])
+    path = Path(script) if Path(script).is_absolute() else REPO / script
+    sys.argv = [str(path), *args]
+    sys.path.insert(0, str(path.parent))
+    runpy.run_path(str(path), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

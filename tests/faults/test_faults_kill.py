@@ -1,0 +1,200 @@
+"""SIGKILL at chosen and at random moments (mid-step, mid-checkpoint-write, mid-export, mid-upload, mid-shard,
+mid-SFT-save); every run is resumed until it finishes and must end bitwise equal to an uninterrupted run, and no
+incomplete checkpoint may ever be picked up.
+
+A chain is one run folder killed again and again: each element is a fault for one launch, then ``--resume auto``
+(pretraining), a plain rerun (data preparation) or ``resume_from_checkpoint: last`` (SFT) carries on.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import pytest
+
+from fault_utils import KILLED, REPO, launch, record, resumed_from, same_weights, tree_hashes
+from pretrain_utils import RecordingHub, write_config
+
+from fault_utils import CHAIN_RUN
+
+
+def check_no_incomplete(run) -> None:
+    """Every step-* checkpoint on disk is complete (train_state.json), whatever moment the kill hit."""
+    for p in (run / "checkpoints").glob("step-*"):
+        assert (p / "train_state.json").is_file() and (p / "model.safetensors").is_file(), p
+    for p in (run / "export").glob("step-*"):
+        assert (p / "model.safetensors").is_file() and (p / "training_metadata.json").is_file(), p
+
+
+def run_chain(tmp_path, reference, faults: list, name: str) -> int:
+    """``faults``: "kill@point:n" strings or delays in seconds (a SIGKILL wherever it lands). Returns the number of
+    kills that landed; asserts the finished run's weights equal the reference's."""
+    cfg = write_config(tmp_path, CHAIN_RUN + "push_to_hub: true\nhub_model_id: me/faults\nhub_upload_retries: 1\n")
+    run = tmp_path / "run"
+    landed, log = 0, []
+    with RecordingHub() as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_fault_suite", "TINYLLAMA_HUB_BACKOFF": "0"}
+        args = ["--config", str(cfg), "--output_dir", str(run), "--resume", "auto"]
+        for fault in [*faults, None]:
+            delay = fault if isinstance(fault, (int, float)) else None
+            proc = launch("recipes/pretrain.py", args, fault=fault if isinstance(fault, str) else None,
+                          kill_after=delay, env=env)
+            src = resumed_from(proc.stdout)
+            if src is not None:  # only ever a complete step-* checkpoint
+                assert "/checkpoints/step-" in src and ".tmp" not in src, src
+                assert (REPO / src / "train_state.json").is_file() or (tmp_path / src).exists() or \
+                    (run / "checkpoints" / src.rsplit("/", 1)[-1] / "train_state.json").is_file()
+            if fault is None:
+                assert proc.returncode == 0, proc.stdout[-3000:]
+                break
+            if proc.returncode == KILLED:
+                landed += 1
+                log.append(f"{fault}: killed ({'resumed from ' + src.rsplit('/', 1)[-1] if src else 'fresh start'})")
+            else:  # a random moment after the run had already finished
+                assert proc.returncode == 0 and isinstance(fault, (int, float)), proc.stdout[-3000:]
+                log.append(f"{fault}: finished before the kill")
+                shutil.rmtree(run)  # start the next fault from scratch, so it lands
+            assert isinstance(fault, (int, float)) or proc.returncode == KILLED, (fault, proc.stdout[-3000:])
+            check_no_incomplete(run)
+    assert same_weights(run / "export" / "final" / "model.safetensors", reference), f"{name}: weights differ"
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in (run / "export").iterdir() if p.name.startswith(".tmp")]
+    record("pretrain_kill_chain", chain=name, faults=[str(f) for f in faults], landed=landed, log=log, exact=True)
+    return landed
+
+
+def delays(seed: int, n: int) -> list[float]:
+    rng = random.Random(seed)
+    return [round(rng.uniform(6.0, 30.0), 2) for _ in range(n)]
+
+
+def test_pretrain_kill_points_fast(tmp_path, reference):
+    """CI: mid-step, mid-checkpoint, mid-export, mid-upload and one random moment; resumed exactly."""
+    landed = run_chain(tmp_path, reference, ["kill@step:6", "kill@checkpoint:1", "kill@export:1",
+                                             "kill@upload:1", *delays(0, 1)], "fast")
+    assert landed >= 4
+
+
+@pytest.mark.faults_full
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_pretrain_kill_points_random(tmp_path, reference, seed):
+    """Named points in another order, then random moments from a fixed seed list."""
+    rng = random.Random(seed)
+    points = ["kill@step:%d" % rng.randint(1, 12), "kill@checkpoint:%d" % rng.randint(1, 2),
+              "kill@export:%d" % rng.randint(1, 2), "kill@upload:1"]
+    rng.shuffle(points)
+    landed = run_chain(tmp_path, reference, [*points, *delays(seed, 3)], f"seed{seed}")
+    assert landed >= 5
+
+
+# ---- data preparation -----------------------------------------------------------------------------------------
+PREP = """\
+tokenizer: {repo}/data/demo/tokenizer
+output_dir: {out}
+bos: true
+eos: false
+shard_tokens: 20000
+validation_every: 20
+validation_documents: 25
+sources:
+  slimpajama:
+    path: {repo}/data/demo/raw/slimpajama/train.jsonl
+    text_field: text
+  starcoderdata:
+    path: {repo}/data/demo/raw/starcoderdata
+    text_field: content
+"""
+
+
+def shard_files(out) -> dict:
+    return {k: v for k, v in tree_hashes(out).items() if k.endswith((".bin", ".idx"))}
+
+
+@pytest.fixture(scope="session")
+def prep_reference(tmp_path_factory, demo_paths):
+    from tinyllama.data import prepare_data
+
+    tmp = tmp_path_factory.mktemp("prep-reference")
+    cfg = tmp / "prep.yaml"
+    cfg.write_text(PREP.format(repo=REPO, out=tmp / "out"))
+    prepare_data(["--config", str(cfg)])
+    hashes = shard_files(tmp / "out")
+    assert len(hashes) >= 6
+    return hashes
+
+
+def prep_chain(tmp_path, prep_reference, faults: list[str]) -> int:
+    cfg = tmp_path / "prep.yaml"
+    cfg.write_text(PREP.format(repo=REPO, out=tmp_path / "out"))
+    landed = 0
+    for fault in [*faults, None]:
+        proc = launch("scripts/prepare_data.py", ["--config", str(cfg)], fault=fault)
+        if fault is None:
+            assert proc.returncode == 0, proc.stdout[-3000:]
+        else:
+            assert proc.returncode == KILLED, (fault, proc.stdout[-3000:])
+            landed += 1
+    assert shard_files(tmp_path / "out") == prep_reference
+    assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]
+    record("prepare_kill_chain", faults=faults, landed=landed, exact=True)
+    return landed
+
+
+def test_prepare_killed_mid_shard_resumes_identically(tmp_path, prep_reference):
+    assert prep_chain(tmp_path, prep_reference, ["kill@shard:2", "kill@shard_add:3"]) == 2
+
+
+@pytest.mark.faults_full
+def test_prepare_killed_repeatedly(tmp_path, prep_reference):
+    assert prep_chain(tmp_path, prep_reference, ["kill@shard_add:1", "kill@shard:1", "kill@shard:3",
+                                                 "kill@shard_add:7"]) == 4
+
+
+# ---- SFT with LoRA --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def sft_setup(tmp_path_factory, demo_paths):
+    from tinyllama.chat_fixtures import build_base_model, fixed_answer_rows, write_hub_layout
+
+    tmp = tmp_path_factory.mktemp("sft-faults")
+    base = build_base_model(tmp / "base", model_config="tiny")
+    rows = fixed_answer_rows(32)
+    data = write_hub_layout(tmp / "data", {"train_sft": rows, "test_sft": rows[:8]})
+
+    def cli(out, *extra):
+        return ["--model_name_or_path", str(base), "--dataset_name", str(data), "--output_dir", str(out),
+                "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.0",
+                "--lora_target_modules", "all-linear", "--learning_rate", "1e-2", "--max_steps", "6",
+                "--per_device_train_batch_size", "4", "--max_length", "128", "--bf16", "false",
+                "--activation_checkpointing", "false", "--report_to", "none", "--eval_strategy", "'no'",
+                "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true",
+                "--dataloader_pin_memory", "false", "--seed", "0", *extra]
+
+    straight = tmp / "straight"
+    proc = launch("recipes/sft.py", cli(straight))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return cli, straight
+
+
+def sft_chain(tmp_path, sft_setup, faults: list[str]) -> int:
+    cli, straight = sft_setup
+    out = tmp_path / "sft"
+    landed = 0
+    for i, fault in enumerate([*faults, None]):
+        extra = ["--resume_from_checkpoint", "last"] if i and list(out.glob("checkpoint-*/trainer_state.json")) \
+            else []
+        proc = launch("recipes/sft.py", cli(out, *extra), fault=fault)
+        if fault is None:
+            assert proc.returncode == 0, proc.stdout[-3000:]
+        else:
+            assert proc.returncode == KILLED, (fault, proc.stdout[-3000:])
+            landed += 1
+    assert same_weights(out / "adapter_model.safetensors", straight / "adapter_model.safetensors")
+    record("sft_kill_chain", faults=faults, landed=landed, exact=True)
+    return landed
+
+
+@pytest.mark.faults_full
+def test_sft_lora_killed_mid_save_and_mid_step_resumes_exactly(tmp_path, sft_setup):
+    """The kill mid-save leaves checkpoint-4 without trainer_state.json: 'last' must take checkpoint-2."""
+    assert sft_chain(tmp_path, sft_setup, ["kill@sft_save:2", "kill@sft_step:2"]) == 2
