@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     throughput = Throughput(flops, world, device_peak_flops(args.peak_flops))
     batches_iter, current_batch = None, None
     loss_sum, loss_count, last_loss = torch.zeros((), device=accelerator.device), 0, float("nan")
+    source_counts = torch.zeros(len(train_set.source_names), device=accelerator.device)  # samples read, by source
     bar = tqdm(total=args.max_steps, initial=state.step, desc="pretrain", disable=not accelerator.is_main_process,
                dynamic_ncols=True)
     model.train()
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
         skipped, grad_norm = False, None
         for micro in range(accum):
             batch = next(batches_iter)
+            source_counts += torch.bincount(batch["source"], minlength=len(source_counts)).to(source_counts)
             if skipped:
                 continue  # the rest of a skipped step: its data is consumed, not trained on
             with accelerator.accumulate(model):
@@ -250,8 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         # ---- logging, validation, checkpoints (every rank takes part; only the main process writes) ----------
         if state.step % args.log_every == 0 or state.step == args.max_steps:
-            total = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(loss_count),
-                                                                            device=loss_sum.device)]), "sum")
+            total = accelerator.reduce(torch.cat([torch.stack([loss_sum, torch.tensor(float(loss_count),
+                                                                                      device=loss_sum.device)]),
+                                                  source_counts]), "sum")
             row = {"lr": lr, "tokens_seen": state.tokens, "global_batch": current_batch,
                    "skipped_steps": state.skipped_steps, **throughput.read()}
             if total[1] > 0:  # (an interval of only skipped steps has no loss to show)
@@ -261,14 +264,15 @@ def main(argv: list[str] | None = None) -> dict:
                 row["grad_norm"] = float(grad_norm)
             if (mem := peak_memory_gb()) is not None:
                 row["peak_memory_gb"] = mem
-            counts = train_set.source_counts(state.samples - current_batch, state.samples)
-            for name, c in zip(train_set.source_names, counts):
-                row[f"mix/{name}"] = float(c) / current_batch
+            read = total[2:]  # the sources of the samples actually read since the last log line, all ranks
+            for name, c in zip(train_set.source_names, read.tolist()):
+                row[f"mix/{name}"] = c / max(read.sum().item(), 1.0)
             if uploader:
                 row.update(uploader.stats())
             metrics.log(row, state.step)
             bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_sec']:.0f}")
             loss_sum.zero_()
+            source_counts.zero_()
             loss_count = 0
         if val_set is not None and args.eval_every and state.step % args.eval_every == 0:
             metrics.log({"val_loss": validate(model, val_set, args, accelerator)}, state.step)
