@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with Python 3.11 and a C compiler:
-#   make demo   venv, install, then the embedded demo pipeline (CPU, no network)
+#   make demo   venv, install, then the embedded demo pipeline (CPU, no network; scripts/pipeline.py)
 #   make test   venv, install, then the test suite (CPU, no network)
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,8 +18,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 install: $(VENV)/.installed
 
+# the v1.1 chain on the demo (basic -> continual -> cooldown, then the summary table and plot in outputs/demo-v1.1);
+# e.g. make demo DEMO_ARGS='--variant chinese --with-chat'. A second run skips the finished stages.
 demo: install
-	$(PY) recipes/pretrain.py
+	$(PY) scripts/pipeline.py $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest -q -x --durations=15

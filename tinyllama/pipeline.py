@@ -571,7 +571,20 @@ def chain_series(runs: list[tuple[str, Path]]) -> list[dict]:
             if "lr" in row:
                 by_step[row["step"]] = row
         rows = [by_step[k] for k in sorted(by_step)]
+        configured = {}
+        if cfg.get("mixture") and rows:  # the configured share at each logged step (ramps included)
+            import numpy as np
+
+            from .data.mixture import parse_mixture
+
+            mixture = parse_mixture(cfg["mixture"])
+            # the share of the samples of step s is the weight at their token position (within this stage)
+            pos = np.array([r["tokens_seen"] - r["global_batch"] * seq_len / 2 for r in rows], dtype=np.float64)
+            w = np.stack([m.at(pos) for m in mixture], axis=1)
+            w = w / w.sum(axis=1, keepdims=True)
+            configured = {m.name: w[:, j].tolist() for j, m in enumerate(mixture)}
         out.append({"stage": name, "start": offset, "x": [offset + r["tokens_seen"] for r in rows],
+                    "configured": configured,
                     "lr": [r["lr"] for r in rows], "batch_tokens": [r["global_batch"] * seq_len for r in rows],
                     "loss": [r.get("loss") for r in rows],
                     "mix": {k[4:]: [r.get(k, 0.0) for r in rows] for k in sorted({k for r in rows for k in r
@@ -604,6 +617,8 @@ def plot_chain(runs: list[tuple[str, Path]], out: Path, title: str) -> Path:
             axes[2].plot(st["x"], shares, color=c, alpha=0.2, lw=0.8)
             axes[2].plot(st["x"][k - 1:], smooth, color=c, lw=1.8,
                          label=src if src not in axes[2].get_legend_handles_labels()[1] else None)
+            if src in st["configured"]:
+                axes[2].plot(st["x"], st["configured"][src], color=c, lw=1, ls=":")
         losses = [(x, y) for x, y in zip(st["x"], st["loss"]) if y is not None]
         if losses:
             axes[3].plot(*zip(*losses), color="tab:red", lw=1)
@@ -615,7 +630,7 @@ def plot_chain(runs: list[tuple[str, Path]], out: Path, title: str) -> Path:
                          textcoords="offset points", fontsize=8, color="grey")
     axes[0].set_ylabel("learning rate")
     axes[1].set_ylabel("batch (tokens)")
-    axes[2].set_ylabel("source share")
+    axes[2].set_ylabel("source share\n(read; dotted: configured)")
     axes[2].set_ylim(-0.02, 1.02)
     if colours:
         axes[2].legend(loc="center left", fontsize=8)
