@@ -20,6 +20,7 @@ def _parsers():
         ("configs/pretrain/*.yaml", _parse_pretrain_config),
         ("configs/continual/*.yaml", _parse_pretrain_config),
         ("configs/cooldown/*.yaml", _parse_pretrain_config),
+        ("configs/pipeline/*.yaml", _plan_pipeline),
     ]
 
 
@@ -84,3 +85,13 @@ def _parse_accelerate_config(path):
         for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
             assert values[key] == "auto", (ds, key)
         assert config.mixed_precision in (None, "no"), "precision comes from the recipe with a DeepSpeed JSON"
+
+
+def _plan_pipeline(path):
+    """scripts/pipeline.py's reader: the file, then every variant's plan with every optional stage (each pretraining
+    stage's config parsed with the pipeline's overrides)."""
+    from tinyllama.pipeline import load_pipeline, plan
+
+    pipeline = load_pipeline(path)
+    for variant in pipeline.variants:
+        assert plan(pipeline, variant, with_chat=True, with_eval=True)
