@@ -1,7 +1,5 @@
 """Pieces of the pretraining recipe that need no data: schedules, batch accounting, config validation."""
 
-import math
-from dataclasses import replace
 
 import pytest
 

@@ -464,8 +464,8 @@ def model_card_text(*, stage: str, base_model: str, datasets: Sequence[str], con
         "the tokenizer; the loss was on assistant replies and their `</s>` only.",
     ]
     if adapter:
-        lines.append(f"- **Use:** load with `peft.AutoPeftModelForCausalLM`, or merge into the base: "
-                     f"`python scripts/merge_lora.py <this folder> --output_dir <merged>`.")
+        lines.append("- **Use:** load with `peft.AutoPeftModelForCausalLM`, or merge into the base: "
+                     "`python scripts/merge_lora.py <this folder> --output_dir <merged>`.")
     lines += ["", "## Hyperparameters", "", "| name | value |", "|---|---|", *rows, ""]
     metrics = {k: v for k, v in (metrics or {}).items()
                if not k.endswith(("_runtime", "_per_second", "num_tokens")) and k != "epoch"}
