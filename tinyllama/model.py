@@ -110,10 +110,16 @@ def build_model(
         if config is not None:
             check_same_architecture(load_model_config(config), load_model_config(init_from, trust_remote_code),
                                     str(config), str(init_from))
-        return AutoModelForCausalLM.from_pretrained(
-            str(init_from), attn_implementation=attn, dtype=torch_dtype, use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-        )
+        from safetensors import SafetensorError
+
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                str(init_from), attn_implementation=attn, dtype=torch_dtype, use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+            )
+        except SafetensorError as e:  # a truncated or overwritten file: name it instead of a library traceback
+            raise ValueError(f"{init_from}: a model.safetensors file there is damaged or not safetensors ({e}); "
+                             "export the model again or point at another copy") from None
     model_config = load_model_config(config, trust_remote_code)
     if seed is not None:
         torch.manual_seed(seed)

@@ -131,6 +131,15 @@ def save_checkpoint(accelerator, root: Path, state: TrainState, model_config, ke
 
 
 def load_checkpoint(accelerator, folder: Path) -> TrainState:
+    saved = Path(folder) / "model_config.json"
+    if saved.is_file() and accelerator._models:  # another model size: say so before torch's size-mismatch wall
+        from transformers import LlamaConfig
+
+        from ..model import check_same_architecture
+
+        model_config = accelerator.unwrap_model(accelerator._models[0]).config
+        check_same_architecture(model_config, LlamaConfig.from_json_file(str(saved)), "of this run",
+                                f"checkpoint {folder} ('resume')")
     accelerator.load_state(str(folder))
     return TrainState.read(folder)
 
