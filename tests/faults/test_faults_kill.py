@@ -34,7 +34,7 @@ def run_chain(tmp_path, reference, faults: list, name: str) -> int:
     run = tmp_path / "run"
     landed, log = 0, []
     with RecordingHub() as hub:
-        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_fault_suite", "TINYLLAMA_HUB_BACKOFF": "0"}
+        env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_fault_suite", "TINYLLAMA_HUB_BACKOFF": "0"}
         args = ["--config", str(cfg), "--output_dir", str(run), "--resume", "auto"]
         for fault in [*faults, None]:
             delay = fault if isinstance(fault, (int, float)) else None
