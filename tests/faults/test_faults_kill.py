@@ -66,7 +66,7 @@ def run_chain(tmp_path, reference, faults: list, name: str) -> int:
 
 def delays(seed: int, n: int) -> list[float]:
     rng = random.Random(seed)
-    return [round(rng.uniform(6.0, 30.0), 2) for _ in range(n)]
+    return [round(rng.uniform(6.0, 16.0), 2) for _ in range(n)]
 
 
 def test_pretrain_kill_points_fast(tmp_path, reference):
