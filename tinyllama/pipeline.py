@@ -151,8 +151,8 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
             errors.append(f"{where}: 'overrides' must be a mapping of key: value")
         stages.append(spec)
     pipeline = Pipeline(str(data.get("name") or path.stem), variant, variants, launcher, stages, path)
-    if not errors:  # every variant's plan must hold together: names, references, config files
-        for v in variants:
+    if isinstance(launcher, list) and all(isinstance(s.name, str) and s.name for s in stages):
+        for v in variants:  # every variant's plan must hold together: names, references, config files
             errors += [f"variant {v}: {e}" for e in _check_plan(pipeline, v)]
     if errors:
         raise ConfigError(str(path), errors)

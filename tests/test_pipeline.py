@@ -1,0 +1,148 @@
+"""scripts/pipeline.py end to end on the demo stage configs (shrunk, tiny model), as a user runs it: a preempted
+first stage, a second run that resumes it and chains the rest (each stage from the previous one's export/final),
+a third run that skips everything, and a changed config or changed input that stops the pipeline with a message."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from pretrain_utils import REPO, metrics, run_cli
+from tinyllama.config import ConfigError
+from tinyllama.pipeline import load_pipeline
+
+PIPELINE = """\
+name: test-chain
+variant: math_code
+variants: [math_code, general]
+launcher: [python]
+stages:
+  - name: basic
+    config: configs/pretrain/demo-stage1-basic.yaml
+    overrides: {{model_config: tiny, max_steps: 4, lr_schedule_steps: 10, save_every: 2}}
+  - name: continual-{{variant}}
+    config: configs/continual/demo-{{variant}}.yaml
+    init_from: basic
+    overrides: {{max_steps: 4, lr_schedule_steps: 10, lr_step_offset: 4, save_every: 2{extra}}}
+  - name: cooldown-{{variant}}
+    config: configs/cooldown/demo-{{variant}}.yaml
+    init_from: continual-{{variant}}
+    overrides: {{max_steps: 2, lr_schedule_steps: 10, lr_step_offset: 8, save_every: 2}}
+  - name: eval-{{variant}}
+    recipe: eval
+    suite: commonsense
+    init_from: previous
+    optional: eval
+"""
+
+
+def pipeline(tmp_path, root, *args, extra="", env=None):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(PIPELINE.format(extra=extra))
+    return run_cli([sys.executable, "scripts/pipeline.py", "--pipeline", str(path), "--output-root", str(root),
+                    *args], env=env)
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_chain_resumes_chains_skips_and_refuses_changes(tmp_path, demo_paths):
+    root = tmp_path / "out"
+    # 1. stage 1 is preempted after step 2: the pipeline stops and says how to continue
+    r = pipeline(tmp_path, root, env={"TINYLLAMA_FAULT_SIGTERM_AT_STEP": "2"})
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "stage basic stopped at step 2 of 4" in r.stderr and "run the pipeline again" in r.stderr
+    assert not (root / "continual-math_code").exists()
+
+    # 2. run again: stage 1 resumes from its checkpoint, the others run, each from the previous export
+    r = pipeline(tmp_path, root, "--with-eval")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resumes from its checkpoint at step 2" in r.stdout
+    doc = json.loads((root / "pipeline-math_code.json").read_text())
+    rows = {row["stage"]: row for row in doc["stages"]}
+    assert rows["basic"]["status"].startswith("resumed") and rows["cooldown-math_code"]["status"].startswith("ran")
+    assert rows["eval-math_code"]["status"].startswith("not run: offline")  # skipped with a note, not an error
+    assert [rows[s]["tokens"] for s in ("basic", "continual-math_code", "cooldown-math_code")] == [
+        4 * 32 * 64, 4 * 32 * 64, 2 * 128 * 64]  # the cooldown's 4x batch counted right
+    assert rows["cooldown-math_code"]["cumulative_tokens"] == doc["total_tokens"] == (8 * 32 + 2 * 128) * 64
+    assert all(isinstance(rows[s]["final_loss"], float) for s in ("basic", "continual-math_code"))
+    cool = [m for m in metrics(root / "cooldown-math_code") if "lr" in m]
+    assert [m["global_batch"] for m in cool] == [128, 128] and [m["tokens_seen"] for m in cool] == [8192, 16384]
+    for prev, nxt in [("basic", "continual-math_code"), ("continual-math_code", "cooldown-math_code")]:
+        assert same(weights(root / prev / "export" / "final"), weights(root / nxt / "export" / "initial"))
+        saved = yaml.safe_load((root / nxt / "config.yaml").read_text())
+        assert saved["init_from"] == str(root / prev / "export" / "final") and saved["resume"] == "auto"
+    table = (root / "pipeline-math_code.md").read_text()
+    assert "| cooldown-math_code |" in table and "pipeline-math_code.png" in table
+    assert (root / "pipeline-math_code.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "stage" in r.stdout and "cumulative" in r.stdout and "final loss" in r.stdout
+
+    # 3. a third run skips every finished stage and trains nothing
+    r = pipeline(tmp_path, root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "===" not in r.stdout and r.stdout.count("skipped (done)") == 3
+    assert len([m for m in metrics(root / "basic") if "lr" in m]) == 4  # no new training rows
+
+    # 4. a changed stage config is never silently reused: nothing runs, the message names stage, key and the fix
+    r = pipeline(tmp_path, root, extra=", learning_rate: 1.0e-3")
+    assert r.returncode == 2
+    assert "continual-math_code" in r.stderr and "learning_rate: 0.003 -> 0.001" in r.stderr
+    assert "--rerun continual-math_code" in r.stderr and "Nothing was run" in r.stderr
+    r = pipeline(tmp_path, root, "--dry-run", "--rerun", "continual-math_code", extra=", learning_rate: 1.0e-3")
+    assert r.returncode == 0 and "basic" in r.stdout
+    assert r.stdout.count("runs again") == 2  # continual and cooldown; basic stays done
+
+    # 5. new weights upstream make the later stages stale
+    final = root / "basic" / "export" / "final" / "model.safetensors"
+    sd = load_file(str(final))
+    save_file({k: v + 1 for k, v in sd.items()}, str(final), metadata={"format": "pt"})
+    r = pipeline(tmp_path, root, "--dry-run")
+    assert r.returncode == 2 and "continual-math_code" in r.stderr and "changed since it ran" in r.stderr
+
+
+def test_bad_pipeline_files_name_every_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent("""\
+        name: x
+        variants: [a]
+        stages:
+          - name: one
+            config: configs/continual/nope-{variant}.yaml
+            init_from: two
+            colour: red
+          - name: two
+            recipe: bake
+            config: configs/pretrain/demo.yaml
+          - name: three
+            recipe: sft
+            config: configs/chat/sft-demo.yaml
+        """))
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(bad)
+    msg = str(info.value)
+    for fragment in ["unknown key 'colour'", "'recipe' must be one of", "config file not found: "
+                     "configs/continual/nope-a.yaml", "init_from 'two' is not an earlier stage",
+                     "a sft stage needs init_from"]:
+        assert fragment in msg, fragment
+
+
+def test_dry_run_of_the_shipped_demo_and_unknown_variant(tmp_path):
+    r = run_cli([sys.executable, "scripts/pipeline.py", "--dry-run", "--output-root", str(tmp_path),
+                 "--variant", "code"])
+    assert r.returncode == 0, r.stderr
+    assert "continual-code" in r.stdout and "cooldown" not in r.stdout and "--with-chat" in r.stdout
+    r = run_cli([sys.executable, "scripts/pipeline.py", "--dry-run", "--variant", "klingon"])
+    assert r.returncode == 2 and "variant 'klingon'" in r.stderr
+    # the command's help lists its options
+    out = subprocess.run([sys.executable, "scripts/pipeline.py", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert "--rerun" in out.stdout and "--with-eval" in out.stdout
