@@ -537,6 +537,11 @@ def run(model: str | os.PathLike, suite: str | os.PathLike = DEFAULT_SUITE, out:
             f"and opt in with ALLOW_CODE_EXECUTION=1 (run_suite(..., allow_code_execution=True)), or leave "
             f"those tasks out with EVAL_TASKS")
     resolved = resolve_model(model)
+    index = lm_eval_task_index()  # (a few seconds, but before the model loads or anything is written)
+    unknown = [t.task for t in selected if t.task not in index]
+    if unknown:
+        raise ValueError(f"suite {suite_obj.name} ({suite_obj.path}) names task(s) the installed lm-eval does not "
+                         f"have: {', '.join(unknown)}; check the names with `lm_eval ls tasks`")
     result_dir = Path(out or resolved.default_out()) / resolved.name / suite_obj.name
     include_path = None
     if data_dir is not None:  # checks every task's files first; writes nothing when one is missing
