@@ -71,7 +71,7 @@ def test_chain_resumes_chains_skips_and_refuses_changes(tmp_path, demo_paths):
     doc = json.loads((root / "pipeline-math_code.json").read_text())
     rows = {row["stage"]: row for row in doc["stages"]}
     assert rows["basic"]["status"].startswith("resumed") and rows["cooldown-math_code"]["status"].startswith("ran")
-    assert rows["eval-math_code"]["status"].startswith("not run: offline")  # skipped with a note, not an error
+    assert rows["eval-math_code"]["status"] == "not run (note)" and "offline" in rows["eval-math_code"]["note"]
     assert [rows[s]["tokens"] for s in ("basic", "continual-math_code", "cooldown-math_code")] == [
         4 * 32 * 64, 4 * 32 * 64, 2 * 128 * 64]  # the cooldown's 4x batch counted right
     assert rows["cooldown-math_code"]["cumulative_tokens"] == doc["total_tokens"] == (8 * 32 + 2 * 128) * 64

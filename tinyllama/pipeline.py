@@ -456,7 +456,7 @@ def summary_rows(stages: list[Planned], ran: dict[str, str]) -> list[dict]:
     for s in stages:
         marker = read_marker(s.run_dir)
         row = {"stage": s.name, "recipe": s.spec.recipe, "status": ran.get(s.name) or _status_text(s),
-               "steps": None, "tokens": None, "cumulative_tokens": None, "final_loss": None, "result": None,
+               "note": s.reason if s.state == "unavailable" else None, "steps": None, "tokens": None, "cumulative_tokens": None, "final_loss": None, "result": None,
                "seconds": marker.get("seconds"), "output": str(s.run_dir)}
         if s.spec.recipe == "pretrain":
             summary = _read_json(s.run_dir / "summary.json")
@@ -474,7 +474,14 @@ def summary_rows(stages: list[Planned], ran: dict[str, str]) -> list[dict]:
 
 
 def _status_text(s: Planned) -> str:
-    return {"done": "skipped (done)", "unavailable": f"not run: {s.reason}"}.get(s.state, s.state)
+    return {"done": "skipped (done)", "unavailable": "not run (note)"}.get(s.state, s.state)
+
+
+def _short(path: str) -> str:
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _chat_loss(run_dir: Path) -> float | None:
@@ -527,17 +534,18 @@ def table_cells(row: dict) -> list[str]:
     loss = row["result"] or (f"{row['final_loss']:.4f}" if isinstance(row["final_loss"], float) else "-")
     return [row["stage"], row["status"], "-" if row["steps"] is None else str(row["steps"]),
             _fmt_tokens(row["tokens"]), _fmt_tokens(row["cumulative_tokens"]), loss, _fmt_seconds(row["seconds"]),
-            row["output"]]
+            _short(row["output"])]
 
 
 def format_table(rows: list[dict], markdown: bool = False) -> str:
     cells = [table_cells(r) for r in rows]
+    notes = [f"note, {r['stage']}: {r['note']}" for r in rows if r.get("note")]
     if markdown:
         lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells] + [""] + notes) + "\n"
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(COLUMNS)]
     line = lambda c: "  ".join(x.ljust(w) for x, w in zip(c, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(c) for c in cells])
+    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(c) for c in cells] + notes)
 
 
 def write_summary(pipeline: Pipeline, variant: str, root: Path, rows: list[dict], stages: list[Planned]) -> dict:
