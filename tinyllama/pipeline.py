@@ -497,7 +497,7 @@ def _chat_loss(run_dir: Path) -> float | None:
 
 def _eval_result(s: Planned) -> str | None:
     try:
-        from .evaluation import pick_metric, load_results, load_suite
+        from .evaluation import load_results, load_suite, pick_metric
 
         suite = load_suite(s.spec.suite)
         results = {}
