@@ -20,10 +20,18 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its finished child processes."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _cpu_name() -> str:
@@ -36,46 +44,67 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def build_corpus(path: Path, megabytes: float) -> list[str]:
-    """A SlimPajama-shaped jsonl of about ``megabytes`` MB from the demo corpus (prose, code, math, Chinese; each
-    copy numbered so no two documents are identical), with its GitHub rows; returns the documents that a pipeline
-    keeps."""
-    import pyarrow.parquet as pq
+def _corpus_documents() -> list[tuple[str, str]]:
+    """(set name, text) of distinct documents from what this Python install ships, no document repeated (a repeated
+    corpus would flatter whichever way shares one BPE cache across more of it): English prose (the reference manual's
+    topics and the installed packages' descriptions), Python code (the standard library), the demo's math and
+    Chinese; every 20th code file is labelled as SlimPajama's GitHub subset, which the filter drops."""
+    import sysconfig
+    from importlib import metadata
 
-    from tinyllama.demo import build_demo
+    from tinyllama.demo import build_demo, prose_documents
 
+    prose = prose_documents()
+    for dist in sorted(metadata.distributions(), key=lambda d: d.metadata["Name"] or ""):
+        text = dist.metadata.get_payload() or ""
+        if len(text) > 500:
+            prose.append(text)
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    code = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(lib.rglob("*.py"))
+            if "test" not in p.parts and "site-packages" not in p.parts]
     paths = build_demo()
-    rows = [json.loads(line) for line in paths["slimpajama"].open(encoding="utf-8")]
-    rows += [{"text": t, "meta": {"redpajama_set_name": "RedPajamaGithub"}}
-             for t in pq.read_table(paths["starcoderdata"]).column("content").to_pylist()[::10]]  # dropped
-    rows += [{"text": t, "meta": {"redpajama_set_name": "RedPajamaStackExchange"}}
-             for t in pq.read_table(paths["starcoderdata"]).column("content").to_pylist()]
-    for key in ("proof_pile_2", "skypile"):
-        rows += [{"text": json.loads(line)["text"], "meta": {"redpajama_set_name": "RedPajamaC4"}}
-                 for line in paths[key].open(encoding="utf-8")]
-    kept, size, copy = [], 0, 0
+    other = [json.loads(line)["text"] for key in ("proof_pile_2", "skypile")
+             for line in paths[key].open(encoding="utf-8")]
+    docs = []
+    for i in range(max(len(prose), len(code), len(other))):  # interleaved, so any prefix is a mix
+        if i < len(prose):
+            docs.append(("RedPajamaBook", prose[i]))
+        if i < len(code):
+            docs.append(("RedPajamaGithub" if i % 20 == 0 else "RedPajamaStackExchange", code[i]))
+        if i < len(other):
+            docs.append(("RedPajamaC4", other[i]))
+    return docs
+
+
+def build_corpus(path: Path, megabytes: float) -> list[str]:
+    """A SlimPajama-shaped jsonl of up to ``megabytes`` MB (see ``_corpus_documents``); returns the documents that
+    a pipeline keeps."""
+    kept, size = [], 0
     with open(path, "w", encoding="utf-8") as f:
-        while size < megabytes * 1e6:
-            for r in rows:
-                text = f"[{copy}] {r['text']}"
-                line = json.dumps({"text": text, "meta": r["meta"]}, ensure_ascii=False) + "\n"
-                f.write(line)
-                size += len(line.encode("utf-8"))
-                if r["meta"]["redpajama_set_name"] != "RedPajamaGithub":
-                    kept.append(text)
-            copy += 1
+        for set_name, text in _corpus_documents():
+            line = json.dumps({"text": text, "meta": {"redpajama_set_name": set_name}}, ensure_ascii=False) + "\n"
+            f.write(line)
+            size += len(line.encode("utf-8"))
+            if set_name != "RedPajamaGithub":
+                kept.append(text)
+            if size >= megabytes * 1e6:
+                break
     return kept
 
 
-def bench_raw(tokenizer: str, texts: list[str]) -> tuple[float, int]:
+def bench_raw(tokenizer: str, texts: list[str]) -> tuple[float, float, int, float]:
+    """Seconds to encode every text in one call (Rust threads on all cores), and to also read the ids into Python
+    (what any Python consumer must do; ``Encoding.ids`` builds a list), the number of tokens, and the CPU seconds
+    of the encoding call."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(Path(tokenizer) / "tokenizer.json"))
     tok.encode_batch_fast(texts[:64], add_special_tokens=False)  # warm up the thread pool
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_seconds(), time.perf_counter()
     encs = tok.encode_batch_fast(texts, add_special_tokens=False)
-    dt = time.perf_counter() - t0
-    return dt, sum(len(e.ids) for e in encs)
+    t1, cpu = time.perf_counter(), _cpu_seconds() - c0
+    tokens = sum(len(e.ids) for e in encs)
+    return t1 - t0, time.perf_counter() - t0, tokens, cpu
 
 
 def bench_pipeline(tokenizer: str, corpus: Path, out: Path, workers: int) -> tuple[float, int, int]:
@@ -174,47 +203,66 @@ def main() -> None:
                        if json.loads(x)["meta"]["redpajama_set_name"] != "RedPajamaGithub") / 1e6
         # The machine may be shared: every way runs --repeat times, interleaved, and the fastest run counts.
         times: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}  # CPU seconds, this process and its workers
         results: dict[str, tuple[int, int | None]] = {}
         for r in range(args.repeat):
-            dt, tokens = bench_raw(args.tokenizer, texts)
+            dt, dt_ids, tokens, c = bench_raw(args.tokenizer, texts)
+            cpu.setdefault("raw", []).append(c)
             times.setdefault("raw", []).append(dt)
-            results["raw"] = (tokens, None)
+            times.setdefault("raw_ids", []).append(dt_ids)
+            results["raw"] = results["raw_ids"] = (tokens, None)
             for w in args.workers:
                 out = work / f"out-{w}-{r}"
+                c0 = _cpu_seconds()
                 dt, tokens, size = bench_pipeline(args.tokenizer, corpus, out, w)
+                cpu.setdefault(f"pipeline-{w}", []).append(_cpu_seconds() - c0)
                 times.setdefault(f"pipeline-{w}", []).append(dt)
                 results[f"pipeline-{w}"] = (tokens, size)
+                c0 = _cpu_seconds()
                 times.setdefault(f"small-{w}", []).append(bench_pipeline(args.tokenizer, small, work / f"s-{w}-{r}",
                                                                            w)[0])
+                cpu.setdefault(f"small-{w}", []).append(_cpu_seconds() - c0)
                 if r < args.repeat - 1:
                     shutil.rmtree(out)
             if not args.skip_run_clm:
+                c0 = _cpu_seconds()
                 dt, tokens, size = bench_run_clm(args.tokenizer, corpus, work / f"hf-cache-{r}", cores, args.seq_len)
+                cpu.setdefault("run_clm", []).append(_cpu_seconds() - c0)
                 times.setdefault("run_clm", []).append(dt)
                 results["run_clm"] = (tokens, size)
                 shutil.rmtree(work / f"hf-cache-{r}")
-        raw_dt = min(times["raw"])
-        names = {"raw": "raw tokenizer (encode_batch_fast, all cores)", "run_clm": "run_clm.py way (datasets.map "
-                 "+ group_texts, num_proc=%d)" % cores}
-        print(f"\n| way | seconds (best of {args.repeat}) | MB text/s | tokens/s | % of raw | bytes/token on disk |")
-        print("|---|---|---|---|---|---|")
-        for key in ["raw"] + [f"pipeline-{w}" for w in args.workers] + (["run_clm"] if "run_clm" in times else []):
+        # Throughput ratios are taken per repetition (each way against the raw run just before it, under about the
+        # same load), then the median over repetitions; "seconds" is the fastest run of each way.
+        names = {"raw": "raw tokenizer: `encode_batch_fast` on all texts, all cores",
+                 "raw_ids": "raw tokenizer + reading the ids (`[e.ids for e in encodings]`)",
+                 "run_clm": f"run_clm.py way: `datasets` json, `filter`, `map(tokenizer)`, `map(group_texts)`, "
+                            f"num_proc={cores}"}
+        print(f"\n| way | seconds (best of {args.repeat}) | MB text/s | tokens/s | throughput vs raw (median of "
+              f"paired runs) | CPU seconds (median) | CPU work vs raw | bytes/token on disk |")
+        print("|---|---|---|---|---|---|---|---|")
+        keys = ["raw", "raw_ids"] + [f"pipeline-{w}" for w in args.workers] + (["run_clm"] if "run_clm" in times
+                                                                              else [])
+        for key in keys:
             dt = min(times[key])
             tokens, size = results[key]
-            name = names.get(key) or f"pipeline (prepare_data, num_workers={key.split('-', 1)[1]})"
+            name = names.get(key) or f"pipeline: `prepare_data`, num_workers={key.split('-', 1)[1]}"
+            ratio = statistics.median(r / t for r, t in zip(times["raw"], times[key]))
             per_token = f"{size / tokens:.2f}" if size else "-"
-            print(f"| {name} | {dt:.1f} | {mb / dt:.2f} | {tokens / dt:,.0f} | {100 * raw_dt / dt:.0f}% | "
-                  f"{per_token} |")
+            c = statistics.median(cpu.get(key, cpu["raw"]))
+            work_ratio = f"{100 * c / statistics.median(cpu['raw']):.0f}%" if key != "raw_ids" else "-"
+            print(f"| {name} | {dt:.1f} | {mb / dt:.2f} | {tokens / dt:,.0f} | {100 * ratio:.0f}% | "
+                  f"{c:.1f} | {work_ratio} | {per_token} |")
         for w in args.workers:
-            fixed = min(times[f"small-{w}"])
-            steady = (mb - small_mb) / (min(times[f"pipeline-{w}"]) - fixed)
-            print(f"\npipeline (num_workers={w}) without its fixed cost ({fixed:.1f}s: tokenizer load, worker start-up; "
-                  f"measured on 1% of the corpus): {steady:.2f} MB text/s = {100 * steady / (mb / raw_dt):.0f}% of raw")
+            steady = [((mb - small_mb) / (p - f)) / (mb / r)
+                      for r, p, f in zip(times["raw"], times[f"pipeline-{w}"], times[f"small-{w}"])]
+            print(f"\npipeline num_workers={w}, steady state (its fixed cost, tokenizer load and worker start-up, "
+                  f"{statistics.median(times[f'small-{w}']):.1f}s, measured on 1% of the corpus and subtracted): "
+                  f"{100 * statistics.median(steady):.0f}% of raw (median of paired runs; "
+                  f"each: {', '.join(f'{100 * x:.0f}%' for x in steady)}); CPU work without the fixed cost: "
+                  f"{100 * (statistics.median(cpu[f'pipeline-{w}']) - statistics.median(cpu[f'small-{w}'])) / statistics.median(cpu['raw']) * mb / (mb - small_mb):.0f}% of raw's")
         print(f"load average after: {os.getloadavg()[0]:.1f}")
         print("all runs (s): " + ", ".join(f"{k} {[round(t, 1) for t in v]}" for k, v in times.items()))
-        for out in work.glob("out-*"):
-            out.rename(work / "out")
-            break
+        (work / f"out-{args.workers[0]}-{args.repeat - 1}").rename(work / "out")
         shutil.copytree(work / "out" / "bench", work / "out" / "bench2")  # a second source for a 2-way mixture
         for stride, what in ((1, "consecutive indices"), (7919, "scattered indices")):
             rate = bench_loader(work / "out", args.seq_len, stride)

@@ -24,7 +24,7 @@ def data_dir(tmp_path_factory, demo_paths):
     """The four demo sources, prepared with small shards (so samples cross shard boundaries)."""
     out = tmp_path_factory.mktemp("tok") / "data"
     prepare_data(["--config", str(REPO / "configs/data/demo.yaml"), "--output_dir", str(out), "--num_workers", "0",
-                  "--shard_tokens", "30000", "--build_demo", ""] + _demo_paths(demo_paths))
+                  "--shard_tokens", "30000", "--batch_bytes", "20000", "--build_demo", ""] + _demo_paths(demo_paths))
     return out
 
 
@@ -265,3 +265,17 @@ def test_dataset_attributes(data_dir, demo_tokenizer):
     ds = MixtureDataset(data_dir, parse_mixture({"slimpajama": 1, "skypile": 1}), SEQ)
     assert ds.source_names == ["slimpajama", "skypile"] and ds.vocab_size == len(demo_tokenizer)
     assert len(ds) >= 2**62 and len(ds.tokenizer_hash) == 64
+
+
+def test_open_shard_maps_are_bounded(data_dir, monkeypatch):
+    from tinyllama.data.shards import TokenStream
+
+    monkeypatch.setattr(TokenStream, "MAX_OPEN", 2)
+    ds = MixtureDataset(data_dir, [SourceWeight("starcoderdata", 1.0)], SEQ)
+    tokens, _ = _stream(data_dir / "starcoderdata")
+    stream = ds.streams[0]
+    assert len(stream.entries) > 10
+    for i in range(300):
+        start = ds.pick(i)[2] * SEQ
+        assert (ds[i]["input_ids"].numpy() == tokens[start:start + SEQ + 1]).all()
+        assert len(stream._maps) <= 2

@@ -5,7 +5,7 @@
 
 The flow per source: the main process reads rows and forms batches of documents; worker processes tokenize the
 batches (``tokenizers``' Rust encoder, one thread each); the main process writes the results *in input order*, so the
-output is byte-identical whatever the number of workers. At most ``2 x workers + 2`` batches are in flight, so memory
+output is byte-identical whatever the number of workers. At most ``4 x workers + 4`` batches are in flight, so memory
 is bounded by the batch size, not by the corpus. A shard is closed at the first batch boundary past
 ``shard_tokens``; the manifest then records the shard and where reading stopped, so a rerun resumes there and
 produces the same bytes an uninterrupted run would.
@@ -64,7 +64,7 @@ class PrepareConfig:
     max_chars_per_piece: int = field(default=8192, metadata={
         "help": "split longer documents at line boundaries before encoding (0: never split)"})
     batch_rows: int = field(default=512, metadata={"help": "rows per batch sent to a tokenizer worker"})
-    batch_bytes: int = field(default=4_000_000, metadata={"help": "... or fewer, to keep a batch under about this "
+    batch_bytes: int = field(default=500_000, metadata={"help": "... or fewer, to keep a batch under about this "
                                                                   "many bytes of text"})
     num_workers: int = field(default=-1, metadata={
         "help": "tokenizer worker processes: -1 = one per available core (in this process for local inputs under "
@@ -255,7 +255,9 @@ def _batches(cfg: PrepareConfig, reader: SourceReader, start: Position) -> Itera
 
 
 def _encoded(batches: Iterator[_Batch], parser, encoder: Encoder | None, pool, workers: int):
-    """(batch, (ids, lengths, reasons)) in input order, at most ``2 x workers + 2`` batches in flight."""
+    """(batch, (ids, lengths, reasons)) in input order, at most ``4 x workers + 4`` batches in flight: results are
+    taken in order, so the window must let the other workers go on while one is slow (preempted on a shared machine,
+    or given a batch of long documents)."""
     if pool is None:
         for b in batches:
             yield b, encode_records(encoder, parser, b.records)
@@ -263,7 +265,7 @@ def _encoded(batches: Iterator[_Batch], parser, encoder: Encoder | None, pool, w
     pending: collections.deque = collections.deque()
     for b in batches:
         pending.append((b, pool.apply_async(encode_in_worker, (parser, b.records))))
-        while len(pending) > 2 * workers + 2:
+        while len(pending) > 4 * workers + 4:
             b0, r = pending.popleft()
             yield b0, r.get()
     while pending:

@@ -178,12 +178,16 @@ class TokenStream:
         state["_maps"] = {}
         return state
 
+    MAX_OPEN = 64  # shards kept mapped per process (each map holds a file descriptor; SlimPajama has thousands)
+
     def _shard(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        maps = self._maps.get(k)
+        maps = self._maps.pop(k, None)
         if maps is None:
             bin_path, idx_path = shard_paths(self.folder, self.split, k)
             maps = (np.memmap(bin_path, dtype=self.dtype, mode="r"), np.memmap(idx_path, dtype=INDEX_DTYPE, mode="r"))
-            self._maps[k] = maps
+            if len(self._maps) >= self.MAX_OPEN:
+                self._maps.pop(next(iter(self._maps)))  # the least recently used
+        self._maps[k] = maps  # (re)inserted last: the dict's order is the recency order
         return maps
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
