@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fault_utils import CHAIN_RUN, REPO, launch, record, tree_hashes
-from pretrain_utils import TINY_RUN, write_config
+from pretrain_utils import write_config
 
 TOKEN_FREE = "hf_" + "x" * 10
 
