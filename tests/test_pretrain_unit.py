@@ -73,3 +73,38 @@ def test_bad_pretrain_configs_name_every_problem(tmp_path, monkeypatch):
                      "unknown key 'lr_schedul'", "did you mean 'lr_schedule'", "'mixture'", str(cfg)]:
         assert fragment in msg, fragment
     assert "global batch 24 (from step 5)" not in msg  # 24 = 4 x 3 x 2 is fine
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter "
+                                                "failed writing file data/3: file write failed")])
+def test_a_full_disk_during_a_checkpoint_is_named_and_keeps_the_previous_one(tmp_path, error):
+    """Both ways a full disk surfaces (an OSError from our writes, torch.save's RuntimeError) give one message that
+    names the failed and the intact checkpoint, and the partial folder is removed."""
+    import json as _json
+
+    from tinyllama.training.checkpoint import TrainState, save_checkpoint
+
+    class Accel:  # just what save_checkpoint asks of accelerate, with a disk that fills up
+        is_main_process = True
+
+        def wait_for_everyone(self):
+            pass
+
+        def save_state(self, path, safe_serialization=True):
+            (tmp_path / "ckpt" / ".tmp-step-000004" / "model.safetensors").write_bytes(b"partial")
+            raise error
+
+    previous = tmp_path / "ckpt" / "step-000002"
+    previous.mkdir(parents=True)
+    (previous / "train_state.json").write_text(_json.dumps({"step": 2}))
+    with pytest.raises(OSError, match="no space left on device while writing checkpoint .*step-000004.*the previous "
+                                      "checkpoint .*step-000002 is intact"):
+        save_checkpoint(Accel(), tmp_path / "ckpt", TrainState(step=4), None, keep_last=3)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-000002"]
+    with pytest.raises(ValueError):  # anything else is not dressed up as a full disk
+        class Other(Accel):
+            def save_state(self, path, safe_serialization=True):
+                raise ValueError("something else")
+
+        save_checkpoint(Other(), tmp_path / "ckpt", TrainState(step=4), None, keep_last=3)

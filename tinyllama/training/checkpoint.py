@@ -109,13 +109,16 @@ def save_checkpoint(accelerator, root: Path, state: TrainState, model_config, ke
             model_config.to_json_file(str(tmp / "model_config.json"))
             atomic_write_text(tmp / STATE_FILE, json.dumps(asdict(state), indent=2))  # last: marks completeness
             fsync_tree(tmp)
-    except OSError as e:  # a full disk (or quota) mid-write: say so, keep the previous checkpoint, drop the partial one
+    except (OSError, RuntimeError) as e:  # a full disk (or quota) mid-write: say so, keep the previous checkpoint
         if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            shutil.rmtree(tmp, ignore_errors=True)  # drop the partial one
+        # torch.save reports a full disk as RuntimeError("... PytorchStreamWriter failed writing file ...")
+        torch_write_failed = isinstance(e, RuntimeError) and "failed writing file" in str(e)
+        if not (torch_write_failed or isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)):
             raise
         previous = complete_checkpoints(root)
-        raise OSError(e.errno, f"no space left on device while writing checkpoint {final} ({e}); the partial "
+        raise OSError(getattr(e, "errno", None) or errno.ENOSPC,
+                      f"no space left on device while writing checkpoint {final} ({e}); the partial "
                       "checkpoint was removed and " + (f"the previous checkpoint {previous[-1][1]} is intact"
                                                         if previous else "no earlier checkpoint exists") +
                       ": free space, then resume with --resume auto") from None
