@@ -46,6 +46,17 @@ def write_config(tmp_path: Path, extra: str = "", name: str = "run.yaml") -> Pat
     return path
 
 
+def load_script(rel: str, prefix: str = "_test_"):
+    """A recipe or script (recipes/sft.py, scripts/merge_lora.py ...) as a module, to call its main() in-process."""
+    import importlib.util
+
+    path = REPO / rel
+    spec = importlib.util.spec_from_file_location(f"{prefix}{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_inprocess(config: Path, *overrides: str) -> dict:
     """recipes/pretrain.py's main() in this process (fast: no interpreter start-up); accelerate's singletons reset."""
     from accelerate.state import AcceleratorState, GradientState, PartialState

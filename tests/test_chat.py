@@ -5,7 +5,6 @@ One SFT run of a tiny model (configs/model/tiny.json, random weights) on fixed-a
 tests that need a trained model: it memorises the answers, so what scripts/chat.py must print is known exactly.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from pretrain_utils import load_script
 from tinyllama import chat
 from tinyllama.chat_fixtures import (FIXED_QA, FIXED_SYSTEM, build_base_model, fixed_answer_rows,
                                      ultrachat_rows, ultrafeedback_rows, write_hub_layout)
@@ -39,12 +39,6 @@ CONVERSATION = [
 ]
 
 
-def load_script(rel: str):
-    path = REPO / rel
-    spec = importlib.util.spec_from_file_location(f"_chat_test_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(*cmd: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -1,11 +1,11 @@
 """DPO (issue 6): on the UltraFeedback-schema fixture, training raises the reward accuracy; max_prompt_length keeps
 the end of long prompts."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from pretrain_utils import load_script
 from tinyllama import chat
 from tinyllama.chat_fixtures import build_base_model, ultrafeedback_rows, write_hub_layout
 
@@ -13,12 +13,6 @@ REPO = Path(__file__).resolve().parent.parent
 MAX_PROMPT = 20
 
 
-def load_script(rel: str):
-    path = REPO / rel
-    spec = importlib.util.spec_from_file_location(f"_chat_dpo_test_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ adapter (weights, optimizer, schedule and data order all restored). The merged m
 equal to the base + adapter's.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,18 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinyllama.chat_fixtures import build_base_model, fixed_answer_rows, write_hub_layout
+from pretrain_utils import load_script
+from tinyllama.chat_fixtures import build_base_model, fixed_answer_rows, tiny_lora_sft_args, write_hub_layout
 
 REPO = Path(__file__).resolve().parent.parent
 LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
-def load_script(rel: str):
-    path = REPO / rel
-    spec = importlib.util.spec_from_file_location(f"_chat_lora_test_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def adapter_weights(folder: Path) -> dict:
@@ -44,13 +38,7 @@ def lora_runs(tmp_path_factory, demo_paths):
     sft = load_script("recipes/sft.py")
 
     def cli(out, *extra):
-        return ["--model_name_or_path", str(base), "--dataset_name", str(data), "--output_dir", str(out),
-                "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.0",
-                "--lora_target_modules", "all-linear", "--learning_rate", "1e-2", "--max_steps", "6",
-                "--per_device_train_batch_size", "4", "--max_length", "128", "--bf16", "false",
-                "--activation_checkpointing", "false", "--report_to", "none", "--eval_strategy", "'no'",
-                "--save_strategy", "steps", "--save_steps", "3", "--logging_steps", "1", "--disable_tqdm", "true",
-                "--dataloader_pin_memory", "false", "--seed", "0", *extra]
+        return tiny_lora_sft_args(base, data, out, 3, *extra)
 
     straight = tmp / "straight"
     straight_metrics = sft.main(cli(straight))  # the recipe's entry point, in process

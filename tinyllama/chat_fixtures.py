@@ -163,3 +163,15 @@ def fixed_answer_rows(n: int = 48) -> list[dict]:
             messages += [{"role": "user", "content": q2}, {"role": "assistant", "content": a2}]
         rows.append({"prompt": q, "prompt_id": _prompt_id(q), "messages": messages})
     return rows
+
+
+def tiny_lora_sft_args(base, data, out, save_steps: int, *extra: str) -> list[str]:
+    """recipes/sft.py arguments for a 6-step LoRA run on a tiny model and the fixed-answer chats, saving every
+    ``save_steps`` (the LoRA tests and the fault suite kill and resume this run)."""
+    return ["--model_name_or_path", str(base), "--dataset_name", str(data), "--output_dir", str(out),
+            "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.0",
+            "--lora_target_modules", "all-linear", "--learning_rate", "1e-2", "--max_steps", "6",
+            "--per_device_train_batch_size", "4", "--max_length", "128", "--bf16", "false",
+            "--activation_checkpointing", "false", "--report_to", "none", "--eval_strategy", "no",
+            "--save_strategy", "steps", "--save_steps", str(save_steps), "--logging_steps", "1",
+            "--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--seed", "0", *extra]

@@ -8,7 +8,6 @@ real processes to prove the exit status end to end.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import time
@@ -17,17 +16,11 @@ from pathlib import Path
 import pytest
 
 from fault_utils import CHAIN_RUN, REPO, launch, record, tree_hashes
-from pretrain_utils import write_config
+from pretrain_utils import load_script, write_config
 
 TOKEN_FREE = "hf_" + "x" * 10
 
 
-def load_script(rel: str):
-    path = REPO / rel
-    spec = importlib.util.spec_from_file_location(f"_faults_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -167,7 +167,7 @@ def test_prepare_killed_repeatedly(tmp_path, prep_reference):
 # ---- SFT with LoRA --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def sft_setup(tmp_path_factory, demo_paths):
-    from tinyllama.chat_fixtures import build_base_model, fixed_answer_rows, write_hub_layout
+    from tinyllama.chat_fixtures import build_base_model, fixed_answer_rows, tiny_lora_sft_args, write_hub_layout
 
     tmp = tmp_path_factory.mktemp("sft-faults")
     base = build_base_model(tmp / "base", model_config="tiny")
@@ -175,13 +175,7 @@ def sft_setup(tmp_path_factory, demo_paths):
     data = write_hub_layout(tmp / "data", {"train_sft": rows, "test_sft": rows[:8]})
 
     def cli(out, *extra):
-        return ["--model_name_or_path", str(base), "--dataset_name", str(data), "--output_dir", str(out),
-                "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.0",
-                "--lora_target_modules", "all-linear", "--learning_rate", "1e-2", "--max_steps", "6",
-                "--per_device_train_batch_size", "4", "--max_length", "128", "--bf16", "false",
-                "--activation_checkpointing", "false", "--report_to", "none", "--eval_strategy", "'no'",
-                "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true",
-                "--dataloader_pin_memory", "false", "--seed", "0", *extra]
+        return tiny_lora_sft_args(base, data, out, 2, *extra)
 
     straight = tmp / "straight"
     proc = launch("recipes/sft.py", cli(straight))
