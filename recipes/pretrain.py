@@ -121,10 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
                     group["weight_decay"] = args.weight_decay
         log.info("initialised from %s (%s optimizer)", args.init_from,
                  "its" if args.init_optimizer else "a fresh")
+    resolved = config_to_dict(args)  # (never holds the Hub token)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", _yaml(config_to_dict(args)))
-    accelerator.init_trackers(args.run_name, config={k: v for k, v in config_to_dict(args).items()
+        atomic_write_text(run_dir / "config.yaml", _yaml(resolved))
+    accelerator.init_trackers(args.run_name, config={k: v for k, v in resolved.items()
                                                      if isinstance(v, (int, float, str, bool))})
     metrics = MetricsLog(accelerator, run_dir / "logs")
     uploader = HubUploader(args.hub_model_id, args.hub_private, args.hub_revision, args.hub_upload_retries) \
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     throughput = Throughput(flops, world, device_peak_flops(args.peak_flops))
     batches_iter, current_batch = None, None
     loss_sum, loss_count, last_loss = torch.zeros((), device=accelerator.device), 0, float("nan")
-    source_counts = torch.zeros(len(train_set.source_names), device=accelerator.device)  # samples read, by source
+    source_counts = torch.zeros(len(train_set.source_names))  # samples read, by source (on the host: no copy per
+    #                                                            micro-batch; moved to the device at log steps)
     bar = tqdm(total=args.max_steps, initial=state.step, desc="pretrain", disable=not accelerator.is_main_process,
                dynamic_ncols=True)
     model.train()
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         skipped, grad_norm = False, None
         for micro in range(accum):
             batch = next(batches_iter)
-            source_counts += torch.bincount(batch["source"], minlength=len(source_counts)).to(source_counts)
+            source_counts += torch.bincount(batch["source"], minlength=len(source_counts))
             if skipped:
                 continue  # the rest of a skipped step: its data is consumed, not trained on
             with accelerator.accumulate(model):
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         if state.step % args.log_every == 0 or state.step == args.max_steps:
             total = accelerator.reduce(torch.cat([torch.stack([loss_sum, torch.tensor(float(loss_count),
                                                                                       device=loss_sum.device)]),
-                                                  source_counts]), "sum")
+                                                  source_counts.to(loss_sum.device)]), "sum")
             row = {"lr": lr, "tokens_seen": state.tokens, "global_batch": current_batch,
                    "skipped_steps": state.skipped_steps, **throughput.read()}
             if total[1] > 0:  # (an interval of only skipped steps has no loss to show)
