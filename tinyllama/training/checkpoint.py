@@ -96,16 +96,18 @@ def save_checkpoint(accelerator, root: Path, state: TrainState, model_config, ke
     root = Path(root)
     final = root / step_name(state.step)
     tmp = root / f"{TMP_PREFIX}{final.name}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+    # A leftover .tmp folder of a killed run was removed at start-up (clean_stale_tmp), before any barrier; here every
+    # rank may create the folder (accelerate's save_state does too), so no rank can race another's mkdir.
+    tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            missing = [f"random_states_{i}.pkl" for i in range(accelerator.num_processes)
+                       if not (tmp / f"random_states_{i}.pkl").is_file()]
+            if missing:  # every rank's part must be there before the checkpoint is marked complete
+                raise RuntimeError(f"checkpoint {final}: rank files missing after save_state: {missing}")
             model_config.to_json_file(str(tmp / "model_config.json"))
             atomic_write_text(tmp / STATE_FILE, json.dumps(asdict(state), indent=2))  # last: marks completeness
             fsync_tree(tmp)
