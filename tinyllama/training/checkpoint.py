@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -41,7 +41,6 @@ class TrainState:
     tokens: int = 0  # tokens trained on in this run
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
     consecutive_nonfinite: int = 0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def read(cls, folder: Path) -> "TrainState":
