@@ -22,3 +22,19 @@ def test_inference_benchmark_prints_ttft_and_decode_rows():
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
     assert len(rows) == 4 and all("x |" in r for r in rows)
+
+
+def test_gpu_benchmark_command_runs_every_part_at_toy_size(tmp_path):
+    """scripts/gpu/benchmark.sh is the one command a GPU session runs; TOY=1 takes the same steps on CPU."""
+    proc = run_cli(["bash", "scripts/gpu/benchmark.sh"], env={"TOY": "1", "OUT": str(tmp_path),
+                                                               "PYTHON": sys.executable}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "torch " in (tmp_path / "versions.txt").read_text()
+    rows = [ln.split(" | ")[0][2:] for ln in (tmp_path / "pretrain.md").read_text().splitlines()
+            if ln.startswith("| ") and not ln.startswith("| variant")]
+    # every option of the throughput issue is in the list (Liger left out on CPU), each variant once
+    assert rows == ["sdpa", "sdpa+compile", "sdpa+ckpt+mb4", "flex+docmask", "sdpa+docmask", "sdpa+zero2"]
+    pretrain = (tmp_path / "pretrain.md").read_text()
+    assert "| sdpa+compile | sdpa |" in pretrain and "| sdpa+zero2 | sdpa |" in pretrain  # ran, not skipped
+    inference = (tmp_path / "inference.md").read_text()
+    assert "| 1 | static |" in inference and "| 2 | dynamic |" in inference
