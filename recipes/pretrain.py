@@ -38,7 +38,7 @@ from tinyllama.training.hub import HubUploader, model_card
 from tinyllama.training.metrics import MetricsLog, Throughput, device_peak_flops, peak_memory_gb
 from tinyllama.training.optim import build_optimizer
 from tinyllama.training.schedule import BatchSchedule, LRSchedule
-from tinyllama.utils import TrainingStopped, atomic_write_text, entry_point, setup_logging
+from tinyllama.utils import TrainingStopped, atomic_write_text, complete_cpu_launch, entry_point, setup_logging
 
 log = logging.getLogger("pretrain")
 
@@ -57,6 +57,7 @@ class StopRequested:
 
 @entry_point
 def main(argv: list[str] | None = None) -> dict:
+    complete_cpu_launch()  # before anything reads the distributed setup
     argv = list(sys.argv[1:] if argv is None else argv)
     # ---- config ----------------------------------------------------------------------------------------------
     (args,) = parse_config(PretrainArgs, argv, default_config=DEMO_CONFIG)

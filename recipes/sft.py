@@ -20,7 +20,7 @@ from trl import SFTTrainer, get_peft_config, get_quantization_config
 
 from tinyllama import chat
 from tinyllama.chat_args import parse_sft_args
-from tinyllama.utils import entry_point, setup_logging
+from tinyllama.utils import complete_cpu_launch, entry_point, setup_logging
 
 log = logging.getLogger("recipes.sft")
 
@@ -83,6 +83,7 @@ def build_trainer(script_args, training_args, model_args, config_file: str | Non
 
 @entry_point
 def main(argv: list[str] | None = None) -> dict:
+    complete_cpu_launch()  # before anything reads the distributed setup
     argv = sys.argv[1:] if argv is None else list(argv)
     chat.precheck_argv(argv)
     script_args, training_args, model_args = parse_sft_args(argv)

@@ -18,6 +18,23 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def complete_cpu_launch() -> None:
+    """Tell accelerate "CPU" for a multi-process launch on a machine without CUDA (DDP over gloo); call it first.
+
+    ``accelerate launch`` with a multi-process config (``use_cpu: true`` included, configs/accelerate/cpu.yaml) starts
+    the processes through torchrun without passing "CPU" on; accelerate then sets up a process group with distributed
+    type NO: no DDP wrapper, no-op barriers and reductions, every rank training on its own. ``accelerate launch
+    --cpu`` would set ``ACCELERATE_USE_CPU``; this sets it the same way (accelerate's state and transformers'
+    TrainingArguments both read it). DeepSpeed launches set their own distributed type and are left alone.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)

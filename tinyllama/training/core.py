@@ -20,9 +20,10 @@ def make_accelerator(args, project_dir=None):
     otherwise sees the launcher's world size while accelerate sees 1), and the world size is checked against the
     launcher's, so a silent single-process run of a multi-process launch cannot happen."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedType, ProjectConfiguration
 
     trackers = [t for t in args.report_to if t != "none"]
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=trackers or None,
@@ -30,12 +31,16 @@ def make_accelerator(args, project_dir=None):
         if project_dir else None,
         kwargs_handlers=process_group_kwargs(),
     )
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
         raise RuntimeError(
             f"the launcher started {expected} processes but accelerate sees {accelerator.num_processes}: on CPU use "
             "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` or torchrun "
             "(configs/accelerate/cpu.yaml)")
+    if accelerator.num_processes > 1 and accelerator.distributed_type == DistributedType.NO:  # (see
+        # tinyllama.utils.complete_cpu_launch, which the recipes call first)
+        raise RuntimeError(
+            f"{accelerator.num_processes} processes but accelerate's distributed type is NO: they would train "
+            "independently, with no gradient averaging and no barriers; on CPU set ACCELERATE_USE_CPU=true")
     return accelerator
 
 
