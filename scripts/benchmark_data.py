@@ -11,6 +11,7 @@ On the same text and the same cores it prints:
      tokenizer -> ``map(group_texts)`` into blocks), and its bytes per token in the datasets cache;
   4. the ratios, and the loader (``MixtureDataset.__getitem__``) read speed in tokens/s on one core.
 Throughput is in MB of kept text per second (and tokens per second): the same text, whatever each way tokenizes.
+Every run of every way is a fresh Python process (see ``in_fresh_process``).
 It is a benchmark, not a test: numbers depend on the machine and its load.
 """
 
@@ -23,6 +24,8 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -171,6 +174,42 @@ def bench_loader(data_dir: Path, seq_len: int, stride: int, seconds: float = 4.0
     return n * (seq_len + 1) / (time.perf_counter() - t0)
 
 
+def in_fresh_process(way: str, *args) -> dict:
+    """Run one way once in a new Python process and return what it measured. A long-lived process slows down run
+    after run (the raw encoder lost 30-40% over five runs in one process, idle machine), and ``datasets``'
+    ``map(num_proc=N)`` leaves TOKENIZERS_PARALLELISM=false in the C environment, which would put every later
+    in-process Rust encoding on one thread; a fresh process per run compares like with like (the pipeline's worker
+    processes are fresh anyway)."""
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps([way, *map(str, args)])],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"benchmark way {way!r} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child(spec: str) -> None:
+    way, *args = json.loads(spec)
+    # Imports before any timing, in every way alike (about 2 s once per command, not part of a way's speed).
+    import datasets  # noqa: F401
+    from tqdm.auto import tqdm  # noqa: F401
+    from transformers import AutoTokenizer  # noqa: F401
+
+    from tinyllama.data.prepare import prepare_data  # noqa: F401
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    c0 = _cpu_seconds()
+    if way == "raw":
+        dt, dt_ids, tokens, cpu = bench_raw(args[0], json.loads(Path(args[1]).read_text(encoding="utf-8")))
+        out = {"dt": dt, "dt_ids": dt_ids, "tokens": tokens, "size": None, "cpu": cpu}
+    elif way == "pipeline":
+        dt, tokens, size = bench_pipeline(args[0], Path(args[1]), Path(args[2]), int(args[3]))
+        out = {"dt": dt, "tokens": tokens, "size": size, "cpu": _cpu_seconds() - c0}
+    else:
+        dt, tokens, size = bench_run_clm(args[0], Path(args[1]), Path(args[2]), int(args[3]), int(args[4]))
+        out = {"dt": dt, "tokens": tokens, "size": size, "cpu": _cpu_seconds() - c0}
+    print(json.dumps(out))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=12, help="corpus size in MB of jsonl (default 12)")
@@ -181,7 +220,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs of each way, interleaved; the best counts")
     parser.add_argument("--seq_len", type=int, default=2048)
     parser.add_argument("--skip_run_clm", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(args.child)
     os.environ.setdefault("TQDM_DISABLE", "1")
     work = Path(tempfile.mkdtemp(prefix="bench-data-"))
     try:
@@ -193,43 +235,39 @@ def main() -> None:
               f"{platform.python_version()}; load average before: {os.getloadavg()[0]:.1f}")
         print(f"corpus: {corpus.stat().st_size / 1e6:.1f} MB jsonl, {len(texts)} documents kept ({mb:.1f} MB of "
               f"text), tokenizer {args.tokenizer}")
-        import transformers  # noqa: F401  (imported once per process; not part of any way's time)
+        texts_file = work / "texts.json"  # what the raw way encodes: the documents a pipeline keeps
+        texts_file.write_text(json.dumps(texts), encoding="utf-8")
 
         # the pipeline's fixed cost (tokenizer load, worker start-up) is measured on the first 1% of the corpus
-        lines = corpus.read_text(encoding="utf-8").splitlines(keepends=True)[: len(texts) // 100]
+        lines = corpus.read_text(encoding="utf-8").splitlines(keepends=True)[: max(2, len(texts) // 100)]
         small = work / "small.jsonl"
         small.write_text("".join(lines), encoding="utf-8")
         small_mb = sum(len(json.loads(x)["text"].encode("utf-8")) for x in lines
                        if json.loads(x)["meta"]["redpajama_set_name"] != "RedPajamaGithub") / 1e6
-        # The machine may be shared: every way runs --repeat times, interleaved, and the fastest run counts.
+        # The machine may be shared: every way runs --repeat times, interleaved, each run in a fresh process.
         times: dict[str, list[float]] = {}
-        cpu: dict[str, list[float]] = {}  # CPU seconds, this process and its workers
+        cpu: dict[str, list[float]] = {}  # CPU seconds, the way's process and its workers
         results: dict[str, tuple[int, int | None]] = {}
+
+        def record(key: str, m: dict) -> None:
+            times.setdefault(key, []).append(m["dt"])
+            cpu.setdefault(key, []).append(m["cpu"])
+            results[key] = (m["tokens"], m["size"])
+
         for r in range(args.repeat):
-            dt, dt_ids, tokens, c = bench_raw(args.tokenizer, texts)
-            cpu.setdefault("raw", []).append(c)
-            times.setdefault("raw", []).append(dt)
-            times.setdefault("raw_ids", []).append(dt_ids)
-            results["raw"] = results["raw_ids"] = (tokens, None)
+            m = in_fresh_process("raw", args.tokenizer, texts_file)
+            record("raw", m)
+            times.setdefault("raw_ids", []).append(m["dt_ids"])
+            results["raw_ids"] = results["raw"]
             for w in args.workers:
                 out = work / f"out-{w}-{r}"
-                c0 = _cpu_seconds()
-                dt, tokens, size = bench_pipeline(args.tokenizer, corpus, out, w)
-                cpu.setdefault(f"pipeline-{w}", []).append(_cpu_seconds() - c0)
-                times.setdefault(f"pipeline-{w}", []).append(dt)
-                results[f"pipeline-{w}"] = (tokens, size)
-                c0 = _cpu_seconds()
-                times.setdefault(f"small-{w}", []).append(bench_pipeline(args.tokenizer, small, work / f"s-{w}-{r}",
-                                                                           w)[0])
-                cpu.setdefault(f"small-{w}", []).append(_cpu_seconds() - c0)
+                record(f"pipeline-{w}", in_fresh_process("pipeline", args.tokenizer, corpus, out, w))
+                record(f"small-{w}", in_fresh_process("pipeline", args.tokenizer, small, work / f"s-{w}-{r}", w))
                 if r < args.repeat - 1:
                     shutil.rmtree(out)
             if not args.skip_run_clm:
-                c0 = _cpu_seconds()
-                dt, tokens, size = bench_run_clm(args.tokenizer, corpus, work / f"hf-cache-{r}", cores, args.seq_len)
-                cpu.setdefault("run_clm", []).append(_cpu_seconds() - c0)
-                times.setdefault("run_clm", []).append(dt)
-                results["run_clm"] = (tokens, size)
+                record("run_clm", in_fresh_process("run_clm", args.tokenizer, corpus, work / f"hf-cache-{r}", cores,
+                                                   args.seq_len))
                 shutil.rmtree(work / f"hf-cache-{r}")
         # Throughput ratios are taken per repetition (each way against the raw run just before it, under about the
         # same load), then the median over repetitions; "seconds" is the fastest run of each way.

@@ -38,3 +38,17 @@ def test_gpu_benchmark_command_runs_every_part_at_toy_size(tmp_path):
     assert "| sdpa+compile | sdpa |" in pretrain and "| sdpa+zero2 | sdpa |" in pretrain  # ran, not skipped
     inference = (tmp_path / "inference.md").read_text()
     assert "| 1 | static |" in inference and "| 2 | dynamic |" in inference
+
+
+def test_data_benchmark_prints_every_way_each_in_its_own_process(demo_paths):
+    proc = run_cli([sys.executable, "scripts/benchmark_data.py", "--mb", "0.3", "--repeat", "1", "--workers", "0",
+                    "--skip_run_clm"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split(" | ")[0] for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["| raw tokenizer: `encode_batch_fast` on all texts, all cores",
+                        "| raw tokenizer + reading the ids (`[e.ids for e in encodings]`)",
+                        "| pipeline: `prepare_data`, num_workers=0"]
+    pipeline = next(line for line in proc.stdout.splitlines() if line.startswith("| pipeline"))
+    bytes_per_token = float(pipeline.strip(" |").split(" | ")[-1])  # from the shards a real prepare_data run wrote
+    assert 2.0 <= bytes_per_token < 2.3  # uint16 tokens, plus the document index and manifest of a small corpus
+    assert "loader: MixtureDataset[i]" in proc.stdout
