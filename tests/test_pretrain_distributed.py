@@ -81,3 +81,18 @@ def test_chat_recipes_see_a_two_process_cpu_launch_as_distributed(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK"))
     assert ranks == ["RANK 0 2 distributed", "RANK 1 2 distributed"]
+
+
+def test_fsdp_asked_for_where_accelerate_cannot_give_it_is_refused_before_any_work(tmp_path):
+    """accelerate's FSDP needs CUDA; on CPU it quietly set up plain DDP instead. The recipe says so and stops."""
+    config = (REPO / "configs" / "accelerate" / "fsdp2.yaml").read_text()
+    config = config.replace("mixed_precision: bf16", 'mixed_precision: "no"\nuse_cpu: true')
+    config = config.replace("num_processes: 8", "num_processes: 2")
+    (tmp_path / "cpu-fsdp2.yaml").write_text(config)
+    out = tmp_path / "run"
+    proc = run_cli([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                    str(tmp_path / "cpu-fsdp2.yaml"), "recipes/pretrain.py", "--config",
+                    str(write_config(tmp_path, CONFIG)), "--output_dir", str(out)])
+    assert proc.returncode != 0
+    assert "error: the accelerate config asks for FSDP, but accelerate set up MULTI_CPU" in proc.stderr
+    assert not out.exists()

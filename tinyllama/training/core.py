@@ -36,6 +36,12 @@ def make_accelerator(args, project_dir=None):
             f"the launcher started {expected} processes but accelerate sees {accelerator.num_processes}: on CPU use "
             "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` or torchrun "
             "(configs/accelerate/cpu.yaml)")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and \
+            accelerator.distributed_type != DistributedType.FSDP:  # accelerate falls back to DDP without saying so
+        raise ValueError(
+            f"the accelerate config asks for FSDP, but accelerate set up {accelerator.distributed_type.value}: its "
+            "FSDP needs CUDA GPUs. On CPU use DeepSpeed ZeRO-3 (configs/accelerate/cpu-deepspeed-zero3.yaml) or "
+            "DDP (configs/accelerate/cpu.yaml)")
     if accelerator.num_processes > 1 and accelerator.distributed_type == DistributedType.NO:  # (see
         # tinyllama.utils.complete_cpu_launch, which the recipes call first)
         raise RuntimeError(
