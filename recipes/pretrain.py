@@ -38,7 +38,7 @@ from tinyllama.training.hub import HubUploader, model_card
 from tinyllama.training.metrics import MetricsLog, Throughput, device_peak_flops, peak_memory_gb
 from tinyllama.training.optim import build_optimizer
 from tinyllama.training.schedule import BatchSchedule, LRSchedule
-from tinyllama.utils import TrainingStopped, atomic_write_text, complete_cpu_launch, entry_point, setup_logging
+from tinyllama.utils import RunStopped, atomic_write_text, complete_cpu_launch, entry_point, setup_logging
 
 log = logging.getLogger("pretrain")
 
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
             log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row, %d in all)", step,
                         state.consecutive_nonfinite, state.skipped_steps)
             if state.consecutive_nonfinite >= args.max_nonfinite_steps:
-                raise TrainingStopped(
+                raise RunStopped(
                     f"{state.consecutive_nonfinite} consecutive steps had a non-finite loss or gradient (step "
                     f"{step}); stopping. The last good checkpoint is in {ckpt_root}; lower the learning rate or "
                     "check the data, then resume")

@@ -113,8 +113,9 @@ def setup_logging(level: int = logging.INFO, main_process: bool = True) -> None:
     )
 
 
-class TrainingStopped(RuntimeError):
-    """A run stopped on purpose with a message for the user (e.g. too many non-finite steps); exit status 3."""
+class RunStopped(RuntimeError):
+    """A run stopped with a message for the user, not for a bad input (too many non-finite steps, a worker process
+    killed); exit status 3."""
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError)
@@ -130,7 +131,7 @@ def entry_point(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except TrainingStopped as e:
+        except RunStopped as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(3) from None
         except USER_ERRORS as e:

@@ -12,6 +12,8 @@ Points (each counted per process, the n-th occurrence triggers):
   upload      pretraining: the background Hub uploader is about to upload an export
   shard       data preparation: a shard's .bin/.idx are written and closed, before the manifest records them
   shard_add   data preparation: before a block of tokens is appended to an open shard
+  worker      data preparation: one tokenizer worker process is SIGKILLed (what the out-of-memory killer does)
+              before the n-th batch is handed to the pool; the main process goes on ("kill@worker:N")
   sft_save    SFT (Trainer): checkpoint-N has the adapter and optimizer, but not yet RNG and trainer_state.json
   sft_step    SFT (Trainer): before the n-th training step
 
@@ -103,6 +105,20 @@ def install(spec: str) -> None:
         from tinyllama.data.shards import ShardWriter
 
         wrap(ShardWriter, "add")
+    elif point == "worker":
+        from concurrent.futures import ProcessPoolExecutor
+
+        original = ProcessPoolExecutor.submit
+
+        def submit(self, *a, **k):
+            if hit() and self._processes:
+                victim = next(iter(self._processes))
+                sys.stderr.write(f"[fault] SIGKILL to worker process {victim}\n")
+                sys.stderr.flush()
+                os.kill(victim, signal.SIGKILL)
+            return original(self, *a, **k)
+
+        ProcessPoolExecutor.submit = submit
     elif point == "sft_save":
         from transformers import Trainer
 

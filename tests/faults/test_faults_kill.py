@@ -8,6 +8,7 @@ A chain is one run folder killed again and again: each element is a fault for on
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -156,6 +157,29 @@ def prep_chain(tmp_path, prep_reference, faults: list[str]) -> int:
 
 def test_prepare_killed_mid_shard_resumes_identically(tmp_path, prep_reference):
     assert prep_chain(tmp_path, prep_reference, ["kill@shard:2", "kill@shard_add:3"]) == 2
+
+
+def test_prepare_worker_killed_stops_clearly_and_the_rerun_resumes_identically(tmp_path):
+    """A tokenizer worker killed from outside (the out-of-memory killer) used to hang the run forever
+    (multiprocessing.Pool loses the task); now the run stops at once with exit 3 and a message, and the same
+    command resumes to the shards of an uninterrupted run."""
+    def config(name):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(PREP.format(repo=REPO, out=tmp_path / name) + "num_workers: 2\nbatch_rows: 8\n")
+        return ["--config", str(cfg)]
+
+    assert launch("scripts/prepare_data.py", config("straight")).returncode == 0
+    proc = launch("scripts/prepare_data.py", config("out"), fault="kill@worker:24", timeout=120)
+    assert "[fault] SIGKILL to worker process" in proc.stdout, proc.stdout[-3000:]
+    assert proc.returncode == 3, proc.stdout[-3000:]
+    assert "error: a tokenizer worker process died" in proc.stdout and "Traceback" not in proc.stdout
+    manifest = json.loads((tmp_path / "out" / "slimpajama" / "manifest.json").read_text())
+    assert manifest["splits"]["train"] and not manifest["complete"]  # stopped mid-source, with shards to resume from
+    proc = launch("scripts/prepare_data.py", config("out"))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert shard_files(tmp_path / "out") == shard_files(tmp_path / "straight")
+    assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]
+    record("prepare_worker_killed", exact=True)
 
 
 @pytest.mark.faults_full

@@ -22,6 +22,8 @@ import re
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Optional
@@ -29,7 +31,7 @@ from typing import Iterator, Literal, Optional
 import numpy as np
 
 from ..config import parse_config
-from ..utils import TMP_PREFIX
+from ..utils import TMP_PREFIX, RunStopped
 from .readers import Position, SourceReader, SourceSpec
 from .shards import FORMAT, MAX_SHARD_TOKENS, SPLITS, ShardWriter, check_shards, read_manifest, shard_paths, \
     write_manifest
@@ -202,17 +204,17 @@ def prepare_sources(cfg: PrepareConfig) -> Path:
                                    else os.cpu_count() or 1)
     pool = None
     if workers > 0:
-        # spawn, not fork: the parent may hold threads (pyarrow, torch) that a fork would copy mid-lock
-        pool = multiprocessing.get_context("spawn").Pool(
-            workers, initializer=init_worker,
-            initargs=(tok.json, bos_id, eos_id, cfg.max_chars_per_piece, dtype))
+        # spawn, not fork: the parent may hold threads (pyarrow, torch) that a fork would copy mid-lock.
+        # concurrent.futures, not multiprocessing.Pool: when a worker dies (the out-of-memory killer), Pool loses its
+        # task and waits forever; the executor fails every pending result with BrokenProcessPool instead.
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+                                   initargs=(tok.json, bos_id, eos_id, cfg.max_chars_per_piece, dtype))
     try:
         for spec in todo:
             prepare_source(cfg, spec, readers[spec.name], tok, dtype, out / spec.name, pool, workers)
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
     return out
 
 
@@ -263,14 +265,20 @@ def _encoded(batches: Iterator[_Batch], parser, encoder: Encoder | None, pool, w
             yield b, encode_records(encoder, parser, b.records)
         return
     pending: collections.deque = collections.deque()
-    for b in batches:
-        pending.append((b, pool.apply_async(encode_in_worker, (parser, b.records))))
-        while len(pending) > 4 * workers + 4:
+    try:
+        for b in batches:
+            pending.append((b, pool.submit(encode_in_worker, parser, b.records)))
+            while len(pending) > 4 * workers + 4:
+                b0, r = pending.popleft()
+                yield b0, r.result()
+        while pending:
             b0, r = pending.popleft()
-            yield b0, r.get()
-    while pending:
-        b0, r = pending.popleft()
-        yield b0, r.get()
+            yield b0, r.result()
+    except BrokenProcessPool:  # (from submit or result, whichever comes first after the death)
+        raise RunStopped(
+            "a tokenizer worker process died (killed from outside, most often by the out-of-memory killer: lower "
+            "num_workers or batch_bytes); every shard in the manifest is whole: run the same command again to "
+            "resume") from None
 
 
 def _clean(folder: Path, manifest: dict) -> None:
