@@ -3,10 +3,12 @@
     python scripts/benchmark_inference.py --model tinyllama-1.1b --batch-sizes 1,64 --new-tokens 256
     python scripts/benchmark_inference.py --model outputs/demo/export/final           # a trained folder
 
-For each batch size it measures, in one run: the dynamic cache (transformers' default) and the static cache, each
-with and without ``torch.compile`` (compile only where a GPU is present unless ``--compile-on-cpu``); time to first
-token (prefill of the prompt + one token) and decode throughput (new tokens x batch / decode time), with greedy
-decoding of a fixed number of tokens (``min_new_tokens`` = ``max_new_tokens``, so every variant does the same work).
+For each batch size it measures, in one run: the dynamic cache (transformers' default), the static cache, and the
+static cache with ``generate``'s own ``torch.compile`` of the forward (``CompileConfig``, mode reduce-overhead; only
+where a GPU is present unless ``--compile-on-cpu``); the first two with compilation off (``disable_compile``: on a
+GPU transformers would otherwise compile a static-cache ``generate`` by itself). Time to first token (prefill of the
+prompt + one token) and decode throughput (new tokens x batch / decode time), with greedy decoding of a fixed number
+of tokens (``min_new_tokens`` = ``max_new_tokens``, so every variant does the same work).
 Weights are random when ``--model`` names a config (speed does not depend on them).
 """
 
@@ -32,12 +34,21 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(model, batch: int, prompt_len: int, new_tokens: int, cache: str, device: str, repeats: int) -> dict:
+def measure(model, batch: int, prompt_len: int, new_tokens: int, cache: str, compiled: bool, device: str,
+            repeats: int) -> dict:
+    from transformers import CompileConfig
+
     vocab = model.config.vocab_size
     ids = torch.randint(3, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
     kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
     if cache == "static":
         kwargs["cache_implementation"] = "static"
+    if compiled:
+        config = CompileConfig()  # transformers' defaults for generate: mode reduce-overhead (CUDA graphs)
+        config._compile_all_devices = device != "cuda"  # (its switch for compiling on CPU: --compile-on-cpu)
+        kwargs["compile_config"] = config
+    else:
+        kwargs["disable_compile"] = True
 
     def run(n: int) -> float:
         sync(device)
@@ -73,9 +84,7 @@ def main() -> None:
     for batch in [int(b) for b in a.batch_sizes.split(",")]:
         base = None
         for cache, compiled in variants:
-            model.forward = torch.compile(model.__class__.forward.__get__(model), mode="reduce-overhead") \
-                if compiled else model.__class__.forward.__get__(model)
-            r = measure(model, batch, a.prompt_len, a.new_tokens, cache, device, a.repeats)
+            r = measure(model, batch, a.prompt_len, a.new_tokens, cache, compiled, device, a.repeats)
             base = base or r["decode_tok_s"]
             rows.append((batch, cache + (" + compile" if compiled else ""), r, r["decode_tok_s"] / base))
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"

@@ -29,7 +29,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OF
 
 if [[ ${TOY:-0} == 1 ]]; then
     model=tiny; train=(--seq-len 32 --micro-batch 2 --steps 1 --warmup 1); mb_big=mb4
-    infer=(--batch-sizes 1,2 --prompt-len 8 --new-tokens 4 --repeats 1)
+    infer=(--batch-sizes 1,2 --prompt-len 8 --new-tokens 4 --repeats 1 --compile-on-cpu)
 else
     model=tinyllama-1.1b; train=(--seq-len 2048 --micro-batch 8 --steps 10 --warmup 3); mb_big=mb16
     infer=(--batch-sizes 1,64 --prompt-len 128 --new-tokens 256 --repeats 2)
