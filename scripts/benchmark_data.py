@@ -196,8 +196,7 @@ def child(spec: str) -> None:
 
     from tinyllama.data.prepare import prepare_data  # noqa: F401
 
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    c0 = _cpu_seconds()
+    c0 = _cpu_seconds()  # (TQDM_DISABLE comes from the parent's environment)
     if way == "raw":
         dt, dt_ids, tokens, cpu = bench_raw(args[0], json.loads(Path(args[1]).read_text(encoding="utf-8")))
         out = {"dt": dt, "dt_ids": dt_ids, "tokens": tokens, "size": None, "cpu": cpu}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pretrain_utils import load_script
-from tinyllama.chat_fixtures import build_base_model, fixed_answer_rows, tiny_lora_sft_args, write_hub_layout
+from tinyllama.chat_fixtures import tiny_lora_sft_run
 
 REPO = Path(__file__).resolve().parent.parent
 LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -32,13 +32,8 @@ def adapter_weights(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def lora_runs(tmp_path_factory, demo_paths):
     tmp = tmp_path_factory.mktemp("lora")
-    base = build_base_model(tmp / "base", model_config="tiny")
-    rows = fixed_answer_rows(32)
-    data = write_hub_layout(tmp / "data", {"train_sft": rows, "test_sft": rows[:8]})
+    base, data, cli = tiny_lora_sft_run(tmp, save_steps=3)
     sft = load_script("recipes/sft.py")
-
-    def cli(out, *extra):
-        return tiny_lora_sft_args(base, data, out, 3, *extra)
 
     straight = tmp / "straight"
     straight_metrics = sft.main(cli(straight))  # the recipe's entry point, in process

@@ -22,15 +22,15 @@ def launch(accelerate_config: str, cfg, out, *extra) -> None:
     assert "2 processes" in proc.stderr
 
 
+CONFIG = "max_steps: 4\nsave_every: 2\neval_every: 2\n"
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, demo_paths):
     """The same run in one process (micro batch 4, 2 accumulation steps: the same 8 samples per step)."""
     tmp = tmp_path_factory.mktemp("one_process")
     run_inprocess(write_config(tmp, CONFIG), "--output_dir", str(tmp / "run"))
     return losses(tmp / "run")
-
-
-CONFIG = "max_steps: 4\nsave_every: 2\neval_every: 2\n"
 
 
 @pytest.mark.parametrize("accelerate_config", ["cpu.yaml", "cpu-deepspeed-zero2.yaml", "cpu-deepspeed-zero3.yaml"])

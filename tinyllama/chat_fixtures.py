@@ -165,6 +165,20 @@ def fixed_answer_rows(n: int = 48) -> list[dict]:
     return rows
 
 
+def tiny_lora_sft_run(folder, save_steps: int):
+    """Build the tiny base model and the fixed-answer chats under ``folder``; return ``(base, data, cli)``, where
+    ``cli(out, *extra)`` gives the arguments of a LoRA run on them (``tiny_lora_sft_args``) writing to ``out``."""
+    folder = Path(folder)
+    base = build_base_model(folder / "base", model_config="tiny")
+    rows = fixed_answer_rows(32)
+    data = write_hub_layout(folder / "data", {"train_sft": rows, "test_sft": rows[:8]})
+
+    def cli(out, *extra: str) -> list[str]:
+        return tiny_lora_sft_args(base, data, out, save_steps, *extra)
+
+    return base, data, cli
+
+
 def tiny_lora_sft_args(base, data, out, save_steps: int, *extra: str) -> list[str]:
     """recipes/sft.py arguments for a 6-step LoRA run on a tiny model and the fixed-answer chats, saving every
     ``save_steps`` (the LoRA tests and the fault suite kill and resume this run)."""

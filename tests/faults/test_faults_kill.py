@@ -191,15 +191,10 @@ def test_prepare_killed_repeatedly(tmp_path, prep_reference):
 # ---- SFT with LoRA --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def sft_setup(tmp_path_factory, demo_paths):
-    from tinyllama.chat_fixtures import build_base_model, fixed_answer_rows, tiny_lora_sft_args, write_hub_layout
+    from tinyllama.chat_fixtures import tiny_lora_sft_run
 
     tmp = tmp_path_factory.mktemp("sft-faults")
-    base = build_base_model(tmp / "base", model_config="tiny")
-    rows = fixed_answer_rows(32)
-    data = write_hub_layout(tmp / "data", {"train_sft": rows, "test_sft": rows[:8]})
-
-    def cli(out, *extra):
-        return tiny_lora_sft_args(base, data, out, 2, *extra)
+    _, _, cli = tiny_lora_sft_run(tmp, save_steps=2)
 
     straight = tmp / "straight"
     proc = launch("recipes/sft.py", cli(straight))
