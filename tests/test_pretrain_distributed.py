@@ -70,16 +70,19 @@ def test_chat_recipes_see_a_two_process_cpu_launch_as_distributed(tmp_path):
     """The chat recipes' TrainingArguments, after complete_cpu_launch (their first call): 2 ranks of one DDP run,
     not two single-process runs writing to the same output_dir."""
     probe = tmp_path / "probe.py"
+    # one file per rank: two processes printing to one pipe can interleave mid-line (seen in CI)
     probe.write_text(
+        "import os, pathlib\n"
         "from tinyllama.utils import complete_cpu_launch\n"
         "complete_cpu_launch()\n"
         "from transformers import TrainingArguments\n"
         f"a = TrainingArguments(output_dir={str(tmp_path / 'out')!r}, report_to=[])\n"
-        "print('RANK', a.process_index, a.world_size, a.parallel_mode.value, flush=True)\n")
+        f"pathlib.Path({str(tmp_path)!r}, 'rank-' + os.environ['RANK']).write_text(\n"
+        "    f'RANK {a.process_index} {a.world_size} {a.parallel_mode.value}')\n")
     proc = run_cli([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                     str(REPO / "configs" / "accelerate" / "cpu.yaml"), str(probe)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK"))
+    ranks = [p.read_text() for p in sorted(tmp_path.glob("rank-*"))]
     assert ranks == ["RANK 0 2 distributed", "RANK 1 2 distributed"]
 
 
