@@ -39,8 +39,6 @@ CONVERSATION = [
 ]
 
 
-
-
 def run(*cmd: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "TINYLLAMA_DEBUG": ""}
     return subprocess.run([sys.executable, *cmd], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)

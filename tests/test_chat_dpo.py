@@ -13,8 +13,6 @@ REPO = Path(__file__).resolve().parent.parent
 MAX_PROMPT = 20
 
 
-
-
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory, demo_paths):
     from tinyllama.chat_args import parse_dpo_args

@@ -21,8 +21,6 @@ REPO = Path(__file__).resolve().parent.parent
 LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
-
-
 def adapter_weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 

@@ -14,10 +14,15 @@ from pretrain_utils import REPO, losses, run_cli, run_inprocess, write_config
 pytestmark = pytest.mark.slow
 
 
+def accelerate_launch(accelerate_config, *args):
+    """``accelerate launch --config_file <accelerate_config> <args>``, as a user would type it."""
+    return run_cli([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
+                    *map(str, args)])
+
+
 def launch(accelerate_config: str, cfg, out, *extra) -> None:
-    proc = run_cli([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                    str(REPO / "configs" / "accelerate" / accelerate_config), "recipes/pretrain.py",
-                    "--config", str(cfg), "--output_dir", str(out), *extra])
+    proc = accelerate_launch(REPO / "configs" / "accelerate" / accelerate_config, "recipes/pretrain.py",
+                             "--config", cfg, "--output_dir", out, *extra)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "2 processes" in proc.stderr
 
@@ -79,8 +84,7 @@ def test_chat_recipes_see_a_two_process_cpu_launch_as_distributed(tmp_path):
         f"a = TrainingArguments(output_dir={str(tmp_path / 'out')!r}, report_to=[])\n"
         f"pathlib.Path({str(tmp_path)!r}, 'rank-' + os.environ['RANK']).write_text(\n"
         "    f'RANK {a.process_index} {a.world_size} {a.parallel_mode.value}')\n")
-    proc = run_cli([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                    str(REPO / "configs" / "accelerate" / "cpu.yaml"), str(probe)])
+    proc = accelerate_launch(REPO / "configs" / "accelerate" / "cpu.yaml", probe)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [p.read_text() for p in sorted(tmp_path.glob("rank-*"))]
     assert ranks == ["RANK 0 2 distributed", "RANK 1 2 distributed"]
@@ -93,9 +97,8 @@ def test_fsdp_asked_for_where_accelerate_cannot_give_it_is_refused_before_any_wo
     config = config.replace("num_processes: 8", "num_processes: 2")
     (tmp_path / "cpu-fsdp2.yaml").write_text(config)
     out = tmp_path / "run"
-    proc = run_cli([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                    str(tmp_path / "cpu-fsdp2.yaml"), "recipes/pretrain.py", "--config",
-                    str(write_config(tmp_path, CONFIG)), "--output_dir", str(out)])
+    proc = accelerate_launch(tmp_path / "cpu-fsdp2.yaml", "recipes/pretrain.py", "--config",
+                             write_config(tmp_path, CONFIG), "--output_dir", out)
     assert proc.returncode != 0
     assert "error: the accelerate config asks for FSDP, but accelerate set up MULTI_CPU" in proc.stderr
     assert not out.exists()

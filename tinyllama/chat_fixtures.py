@@ -167,25 +167,20 @@ def fixed_answer_rows(n: int = 48) -> list[dict]:
 
 def tiny_lora_sft_run(folder, save_steps: int):
     """Build the tiny base model and the fixed-answer chats under ``folder``; return ``(base, data, cli)``, where
-    ``cli(out, *extra)`` gives the arguments of a LoRA run on them (``tiny_lora_sft_args``) writing to ``out``."""
+    ``cli(out, *extra)`` gives the recipes/sft.py arguments of a 6-step LoRA run on them writing to ``out`` and
+    saving every ``save_steps`` (the LoRA tests and the fault suite kill and resume this run)."""
     folder = Path(folder)
     base = build_base_model(folder / "base", model_config="tiny")
     rows = fixed_answer_rows(32)
     data = write_hub_layout(folder / "data", {"train_sft": rows, "test_sft": rows[:8]})
 
     def cli(out, *extra: str) -> list[str]:
-        return tiny_lora_sft_args(base, data, out, save_steps, *extra)
+        return ["--model_name_or_path", str(base), "--dataset_name", str(data), "--output_dir", str(out),
+                "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.0",
+                "--lora_target_modules", "all-linear", "--learning_rate", "1e-2", "--max_steps", "6",
+                "--per_device_train_batch_size", "4", "--max_length", "128", "--bf16", "false",
+                "--activation_checkpointing", "false", "--report_to", "none", "--eval_strategy", "no",
+                "--save_strategy", "steps", "--save_steps", str(save_steps), "--logging_steps", "1",
+                "--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--seed", "0", *extra]
 
     return base, data, cli
-
-
-def tiny_lora_sft_args(base, data, out, save_steps: int, *extra: str) -> list[str]:
-    """recipes/sft.py arguments for a 6-step LoRA run on a tiny model and the fixed-answer chats, saving every
-    ``save_steps`` (the LoRA tests and the fault suite kill and resume this run)."""
-    return ["--model_name_or_path", str(base), "--dataset_name", str(data), "--output_dir", str(out),
-            "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.0",
-            "--lora_target_modules", "all-linear", "--learning_rate", "1e-2", "--max_steps", "6",
-            "--per_device_train_batch_size", "4", "--max_length", "128", "--bf16", "false",
-            "--activation_checkpointing", "false", "--report_to", "none", "--eval_strategy", "no",
-            "--save_strategy", "steps", "--save_steps", str(save_steps), "--logging_steps", "1",
-            "--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--seed", "0", *extra]

@@ -21,8 +21,6 @@ from pretrain_utils import load_script, write_config
 TOKEN_FREE = "hf_" + "x" * 10
 
 
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, reference):
     """An existing, finished run (outputs that must survive every mistake) and the fixtures the cases point at."""
