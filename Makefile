@@ -1,13 +1,14 @@
 # Two commands on a fresh machine with Python 3.11 and a C compiler:
 #   make demo   venv, install, then the embedded demo pipeline (CPU, no network; scripts/pipeline.py)
 #   make test   venv, install, then the test suite (CPU, no network)
+#   make test-gguf   llama-cpp-python built from source (cached outside the repo), then the llama.cpp checks
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo test test-all faults clean
+.PHONY: install demo test test-gguf test-all faults clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,14 @@ demo: install
 	$(PY) scripts/pipeline.py $(DEMO_ARGS)
 
 test: install
-	$(PY) -m pytest -q -x --durations=15
+	$(PY) -m pytest -q -x --durations=15 -m "not llama_cpp"
+
+# GGUF exports checked by llama.cpp itself (docs/use.md): builds llama-cpp-python once per version and CMAKE_ARGS
+# (scripts/llama_cpp.sh; ~10 min on 2 cores, then cached in ~/.cache/tinyllama-wheels), installs it into the venv,
+# then runs the tests marked llama_cpp; here a missing llama_cpp fails them instead of skipping.
+test-gguf: install
+	PY=$(PY) bash scripts/llama_cpp.sh
+	TINYLLAMA_REQUIRE_LLAMA_CPP=1 $(PY) -m pytest -q -x --durations=10 -m llama_cpp
 
 # the whole fault-injection suite (kills, preemption, disk full, Hub outages, bad inputs; docs/reliability.md)
 faults: install

@@ -184,3 +184,28 @@ def tiny_lora_sft_run(folder, save_steps: int):
                 "--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--seed", "0", *extra]
 
     return base, data, cli
+
+
+def train_fixed_answer_chat(folder, steps: int = 60, model_config: str = "tiny") -> Path:
+    """A full SFT run (recipes/sft.py, in this process) of a tiny random model on the fixed-answer chats: it then
+    answers FIXED_QA exactly and stops at ``</s>``, with or without the system prompt. Returns the model folder
+    (weights, tokenizer, chat template), for tests of what consumes a chat model (GGUF export, serving)."""
+    import importlib.util
+
+    from .utils import repo_root
+
+    folder = Path(folder)
+    base = build_base_model(folder / "base", model_config=model_config)
+    rows = fixed_answer_rows(48)
+    data = write_hub_layout(folder / "data", {"train_sft": rows, "test_sft": rows[:8]})
+    out = folder / "chat"
+    spec = importlib.util.spec_from_file_location("_fixture_sft", repo_root() / "recipes" / "sft.py")
+    sft = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sft)
+    sft.main(["--model_name_or_path", str(base), "--dataset_name", str(data), "--output_dir", str(out),
+              "--max_length", "128", "--per_device_train_batch_size", "8", "--bf16", "false",
+              "--activation_checkpointing", "false", "--report_to", "none", "--save_strategy", "'no'",
+              "--eval_strategy", "'no'", "--logging_steps", "20", "--dataloader_pin_memory", "false",
+              "--disable_tqdm", "true", "--warmup_steps", "0", "--seed", "0", "--max_steps", str(steps),
+              "--learning_rate", "1e-2", "--lr_scheduler_type", "constant"])
+    return out
