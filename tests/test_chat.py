@@ -6,6 +6,7 @@ tests that need a trained model: it memorises the answers, so what scripts/chat.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -215,6 +216,105 @@ def test_chat_script_answers_and_stops_at_eos(sft_run):
     assert (text, stopped) == (FIXED_QA[1][1], True) and n < 40
     text, stopped, _ = cli.reply(model, tok, CONVERSATION[:4], temperature=0, max_new_tokens=40, stream=False)
     assert (text, stopped) == (FIXED_QA[1][1], True)
+
+
+def test_drafted_and_prompt_lookup_decoding_equal_plain_greedy(sft_run, tiny_base, tmp_path, capsys):
+    """--draft (assisted generation) and --prompt_lookup: greedy output token for token equal to plain greedy, with a
+    draft that is mostly wrong (the untrained base) and one that is always right (a copy of the model); a draft with
+    another vocabulary is refused."""
+    cli = load_script("scripts/chat.py")
+    model, tok = cli.load(str(sft_run.out))
+    chats = [[{"role": "user", "content": q}] for q, _ in FIXED_QA] + [CONVERSATION[:4]]
+    chats += [[{"role": "user", "content": "Count from 1 to 5, then spell the word river backwards."}]]
+    drafts = {"untrained": cli.load_draft(str(tiny_base), model, tok),
+              "same weights": cli.load_draft(str(sft_run.out), model, tok)}
+    for messages in chats:
+        inputs = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                         return_tensors="pt")
+        kwargs = dict(do_sample=False, max_new_tokens=30, temperature=None, top_p=None, top_k=None,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        with torch.no_grad():
+            plain = model.generate(**inputs, **kwargs)[0].tolist()
+            for name, draft in drafts.items():
+                counter = cli.ForwardCounter(model)
+                assert model.generate(**inputs, assistant_model=draft, **kwargs)[0].tolist() == plain, name
+                counter.remove()
+                if name == "same weights":  # every proposal accepted: fewer forward passes of the model than tokens
+                    assert counter.calls < len(plain) - inputs["input_ids"].shape[1]
+            assert model.generate(**inputs, prompt_lookup_num_tokens=5, **kwargs)[0].tolist() == plain
+    # the command line, in process: the same reply and its summary
+    q, a = FIXED_QA[0]
+    assert cli.main([str(sft_run.out), "--prompt", q, "--temperature", "0", "--draft", str(tiny_base)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == a and "stopped at EOS" in captured.err and "forward passes" in captured.err
+    other = tmp_path / "other-vocab"
+    from transformers import AutoTokenizer
+
+    shutil.copytree(tiny_base, other)
+    extended = AutoTokenizer.from_pretrained(str(other))
+    extended.add_tokens(["<not-in-the-model>"])
+    extended.save_pretrained(other)
+    with pytest.raises(ValueError, match="different tokenizer"):
+        cli.load_draft(str(other), model, tok)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_openai_client_talks_to_transformers_serve(sft_run):
+    """The documented way to serve an export (`transformers serve MODEL`, OpenAI-compatible): the real server on the
+    trained chat model, the openai client; chat completion, streaming, max_tokens, stop at </s>, system prompt."""
+    import time
+    import urllib.request
+
+    from openai import OpenAI
+    from transformers import AutoTokenizer
+
+    port, model_id = free_port(), str(sft_run.out)
+    server = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", model_id, "--host",
+                               "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, f"transformers serve exited: {server.stdout.read()[-3000:]}"
+                assert time.monotonic() < deadline, "transformers serve did not answer /health within 120 s"
+                time.sleep(0.5)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60, max_retries=0)
+        tok = AutoTokenizer.from_pretrained(model_id)
+        (q, a), (q2, a2) = FIXED_QA
+        messages = [{"role": "system", "content": FIXED_SYSTEM}, {"role": "user", "content": q}]
+        r = client.chat.completions.create(model=model_id, messages=messages, temperature=0, max_tokens=40)
+        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        assert r.choices[0].message.content == a and r.choices[0].finish_reason == "stop"
+        assert r.usage.prompt_tokens == len(prompt["input_ids"])  # the system prompt, through the saved template
+        assert r.usage.completion_tokens == len(tok(a, add_special_tokens=False)["input_ids"]) + 1  # + </s>
+        stream = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": q2}],
+                                                temperature=0, max_tokens=40, stream=True)
+        chunks = list(stream)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == a2
+        assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3  # streamed, not one piece
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        cut = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": q2}],
+                                             temperature=0, max_tokens=3)
+        assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 3
+        assert a2.startswith(cut.choices[0].message.content)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def test_packing_does_not_attend_across_samples(tiny_base, fixed_data):
