@@ -24,6 +24,21 @@ def test_inference_benchmark_prints_ttft_and_decode_rows():
     assert rows == [[f"| {b}", c] for b in (1, 2) for c in ("dynamic", "static", "static + compile")]
 
 
+def test_inference_benchmark_speculative_table(demo_paths):
+    """--draft and --prompt-lookup add a batch-1 table; a draft with the target's weights (the same config and seed)
+    has every proposal accepted, and every output equals plain greedy's."""
+    proc = run_cli([sys.executable, "scripts/benchmark_inference.py", "--model", "tiny", "--draft", "tiny",
+                    "--prompt-lookup", "3", "--batch-sizes", "1", "--prompt-len", "16", "--new-tokens", "6",
+                    "--prompts", "2", "--repeats", "1"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.strip("| ").split(" | ") for line in proc.stdout.splitlines()
+            if line.startswith(("| plain", "| assisted", "| prompt lookup"))]
+    assert [r[0] for r in rows] == ["plain greedy", "assisted: draft tiny", "prompt lookup, 3 tokens"]
+    assert [r[-1] for r in rows] == ["2/2"] * 3  # equal to plain greedy, token for token
+    assert rows[1][4] == "100.0%" and float(rows[1][3]) > 1.5  # all accepted: several tokens per forward pass
+    assert rows[0][3] == "1.00" and rows[0][4] == "-"
+
+
 def test_gpu_benchmark_command_runs_every_part_at_toy_size(tmp_path):
     """scripts/gpu/benchmark.sh is the one command a GPU session runs; TOY=1 takes the same steps on CPU."""
     proc = run_cli(["bash", "scripts/gpu/benchmark.sh"], env={"TOY": "1", "OUT": str(tmp_path),
@@ -38,6 +53,7 @@ def test_gpu_benchmark_command_runs_every_part_at_toy_size(tmp_path):
     assert "| sdpa+compile | sdpa |" in pretrain and "| sdpa+zero2 | sdpa |" in pretrain  # ran, not skipped
     inference = (tmp_path / "inference.md").read_text()
     assert "| 1 | static |" in inference and "| 2 | static + compile |" in inference
+    assert "| assisted: draft tiny |" in (tmp_path / "draft.md").read_text()
 
 
 def test_data_benchmark_prints_every_way_each_in_its_own_process(demo_paths):

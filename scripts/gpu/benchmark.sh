@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of docs/benchmarks.md in one command, for a bare GPU machine with no network:
 #
-#   bash scripts/gpu/benchmark.sh [pretrain|inference|all]       # default: all
+#   bash scripts/gpu/benchmark.sh [pretrain|inference|draft|all]       # default: all
 #
 # 1. installs the wheels in .whl/ (scripts/gpu/fetch_wheels.sh) into /tmp/site, if there are any (not with TOY=1);
 # 2. prints the card and the software versions;
@@ -9,7 +9,11 @@
 #    bf16): the attention kernel (flash_attention_2 where flash-attn imports, else sdpa), Liger kernels,
 #    torch.compile, activation checkpointing with a larger micro batch, document masking (varlen flash-attention,
 #    else flex_attention and sdpa's block-diagonal mask) and DeepSpeed ZeRO-2 on one GPU;
-# 4. runs scripts/benchmark_inference.py at batch 1 and 64 (dynamic cache, static cache, static + torch.compile).
+# 4. runs scripts/benchmark_inference.py at batch 1 and 64 (dynamic cache, static cache, static + torch.compile);
+# 5. speculative decoding at batch 1 (scripts/benchmark_inference.py --draft, --prompt-lookup): TinyLlama-Chat
+#    drafting for Llama-2-7B-chat, and TinyLlama python-v0.1 drafting for CodeLlama-7B (its purpose), in bf16.
+#    The machine has no network: the four models must be in the Hugging Face cache (HF_HOME) or given as local
+#    folders in DRAFT_PAIRS ("TARGET DRAFT;TARGET DRAFT"); a pair whose weights are absent is reported, not run.
 #
 # Every table also lands in $OUT (the device tool's folder) or outputs/benchmarks/. Sized to fit in about 5 minutes
 # per part on an H100; run the parts as separate calls where one call's time is short. TOY=1 runs the same steps on
@@ -30,9 +34,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OF
 if [[ ${TOY:-0} == 1 ]]; then
     model=tiny; train=(--seq-len 32 --micro-batch 2 --steps 1 --warmup 1); mb_big=mb4
     infer=(--batch-sizes 1,2 --prompt-len 8 --new-tokens 4 --repeats 1 --compile-on-cpu)
+    pairs=${DRAFT_PAIRS:-"tiny tiny"}; draft=(--prompt-len 16 --new-tokens 8 --prompts 2 --repeats 1)
 else
     model=tinyllama-1.1b; train=(--seq-len 2048 --micro-batch 8 --steps 10 --warmup 3); mb_big=mb16
     infer=(--batch-sizes 1,64 --prompt-len 128 --new-tokens 256 --repeats 2)
+    pairs=${DRAFT_PAIRS:-"meta-llama/Llama-2-7b-chat-hf TinyLlama/TinyLlama-1.1B-Chat-v1.0;codellama/CodeLlama-7b-hf TinyLlama/TinyLlama-1.1B-python-v0.1"}
+    draft=(--prompt-len 128 --new-tokens 128 --prompts 8 --repeats 1)
 fi
 
 "$PYTHON" - <<'PY' | tee "$out/versions.txt"
@@ -61,4 +68,26 @@ if [[ $what == pretrain || $what == all ]]; then
 fi
 if [[ $what == inference || $what == all ]]; then
     "$PYTHON" scripts/benchmark_inference.py --model "$model" "${infer[@]}" | tee "$out/inference.md"
+fi
+if [[ $what == draft || $what == all ]]; then
+    : >"$out/draft.md"
+    IFS=';' read -ra pair_list <<<"$pairs"
+    for pair in "${pair_list[@]}"; do
+        read -r target draft_model <<<"$pair"
+        if ! "$PYTHON" - "$target" "$draft_model" <<'PY'
+import os, sys
+from huggingface_hub import try_to_load_from_cache
+missing = [m for m in sys.argv[1:] if "/" in m and not os.path.isdir(m)
+           and not isinstance(try_to_load_from_cache(m, "config.json"), str)]
+if missing:
+    print(f"skipped {' and '.join(missing)}: not on this machine (no network here; fill HF_HOME first)")
+    sys.exit(1)
+PY
+        then
+            echo "| $target drafted by $draft_model | skipped: weights not on this machine |" | tee -a "$out/draft.md"
+            continue
+        fi
+        "$PYTHON" scripts/benchmark_inference.py --model "$target" --draft "$draft_model" --prompt-lookup 10 \
+            --batch-sizes 1 "${draft[@]}" | tee -a "$out/draft.md"
+    done
 fi
