@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain_utils import REPO, run_inprocess
+from pretrain_utils import REPO, run_cli, run_inprocess
 from tinyllama.chat_fixtures import FIXED_QA, FIXED_SYSTEM, train_fixed_answer_chat
 from tinyllama.gguf_export import (PROBE_TEXTS, check_model_dir, export_gguf, llama_cpp_source, load_gguf)
 
@@ -172,8 +172,16 @@ def test_export_refuses_what_llama_cpp_would_get_wrong(tmp_path, demo_paths):
         check_model_dir(folder)
     with pytest.raises(ValueError, match="unknown GGUF type 'q7'"):
         export_gguf(folder, tmp_path / "x.gguf", "q7")
+    (folder / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="LoRA adapter: merge it"):
+        check_model_dir(folder)
     with pytest.raises(FileNotFoundError, match="not a folder"):
         check_model_dir(tmp_path / "missing")
+    (folder / "adapter_config.json").unlink()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    proc = run_cli([sys.executable, "scripts/export_gguf.py", str(folder), "--out", str(tmp_path / "x.gguf")])
+    assert proc.returncode == 2 and "error: cannot export" in proc.stderr and "no tokenizer.model" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "x.gguf").exists()
 
 
@@ -310,7 +318,13 @@ def test_demo_perplexity_f16_within_1_percent_and_quantisations_reported(demo_mo
     rows = [("transformers (fp32 safetensors)", reference, demo_model.joinpath("model.safetensors").stat().st_size)]
     rows.append(("llama.cpp f16", perplexity_llama_cpp(demo_f16, windows), demo_f16.stat().st_size))
     for qtype in QUANT_TYPES:
-        path = export_gguf(demo_model, tmp_path / f"demo-{qtype}.gguf", qtype)
+        path = tmp_path / f"demo-{qtype}.gguf"
+        if qtype == "q8_0":  # one of them through the command line
+            proc = run_cli([sys.executable, "scripts/export_gguf.py", str(demo_model), "--out", str(path),
+                            "--type", qtype])
+            assert proc.returncode == 0 and "checked in llama.cpp" in proc.stdout, proc.stderr[-3000:]
+        else:
+            export_gguf(demo_model, path, qtype)
         rows.append((f"llama.cpp {qtype}", perplexity_llama_cpp(path, windows), path.stat().st_size))
     report = [f"held-out perplexity of the demo model ({len(windows)} x {PPL_WINDOW} tokens of prose and code)",
               "| runtime / type | perplexity | vs transformers | file MiB |", "|---|---|---|---|"]

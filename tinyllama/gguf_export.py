@@ -81,6 +81,9 @@ def check_model_dir(model_dir: Path) -> dict:
 
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir} is not a folder (give a model folder, e.g. outputs/<run>/export/final)")
+    if (model_dir / "adapter_config.json").is_file():
+        raise ValueError(f"{model_dir} is a LoRA adapter: merge it into its base first (python scripts/merge_lora.py "
+                         f"{model_dir} --output_dir <merged>), then export the merged folder")
     problems = []
     config_file = model_dir / "config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
@@ -89,7 +92,7 @@ def check_model_dir(model_dir: Path) -> dict:
     elif config.get("model_type") != "llama":
         problems.append(f"model_type is {config.get('model_type')!r}: this exports Llama-architecture models")
     if not list(model_dir.glob("*.safetensors")) and not list(model_dir.glob("*.bin")):
-        problems.append("no weights (*.safetensors); a LoRA adapter must be merged first (scripts/merge_lora.py)")
+        problems.append("no weights (*.safetensors)")
     if not (model_dir / "tokenizer.model").is_file():
         problems.append("no tokenizer.model: llama.cpp's converter would rebuild the vocabulary from "
                         "tokenizer.json, and llama.cpp would tokenize differently from transformers and from the "
