@@ -142,11 +142,13 @@ def gguf_metadata(path: str | os.PathLike) -> dict:
 
 
 def tokenization_differences(llm, tokenizer, texts) -> list[tuple[str, list[int], list[int]]]:
-    """(text, transformers ids, llama.cpp ids) for each text the two tokenize differently (both with BOS)."""
+    """(text, transformers ids, llama.cpp ids) for each text the two tokenize differently (both with BOS, and both
+    reading special-token text such as "</s>" as the special token, as transformers and llama-cpp-python's
+    completion and chat calls do)."""
     out = []
     for text in texts:
         hf = tokenizer(text, add_special_tokens=True)["input_ids"]
-        cpp = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        cpp = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         if hf != cpp:
             out.append((text, hf, cpp))
     return out
