@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from ..model import build_model, load_model_config
+from ..model import build_model, init_weights, load_model_config
 from .checkpoint import STATE_FILE, checkpoint_state_dict
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ def setup_model(args):
         model = build_model(args.model_config, init_from=args.init_from, attn_implementation=args.attn_implementation,
                             trust_remote_code=args.trust_remote_code, seed=args.seed,
                             dtype=torch.float32 if args.init_from else None)
+        if not args.init_from:  # from scratch: TinyLlama's initialisation unless the config says otherwise
+            init_weights(model, args.init)
     model.config.use_cache = False
     if args.use_liger_kernel:
         if importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available():
