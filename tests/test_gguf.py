@@ -55,6 +55,7 @@ def prepared_ids(texts: list[str], tokenizer_dir, tmp_path) -> list[list[int]]:
     from tinyllama.data.prepare import prepare_from_config
     from tinyllama.data.shards import TokenStream
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     raw = tmp_path / "sample.jsonl"
     raw.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     config = tmp_path / "prepare.yaml"
@@ -224,7 +225,8 @@ def test_llama2_tokenization_is_one_from_data_to_llama_cpp(demo_paths, tmp_path)
     tok_dir = save_tokenizer_folder(spm, tmp_path / "tokenizer")
     model_dir = model_folder_with(tok_dir, tmp_path / "model", vocab_size=32000)
     gguf_path = export_gguf(model_dir, tmp_path / "llama2.gguf", "f16")
-    check_one_tokenization(corpus_sample(demo_paths) + inputs, model_dir, gguf_path, tmp_path / "data", sp)
+    texts = corpus_sample(demo_paths) + [t for t in inputs if t]  # (data preparation drops empty documents)
+    check_one_tokenization(texts, model_dir, gguf_path, tmp_path / "data", sp)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ SETUP_HINT = "bash scripts/llama_cpp.sh   (fetches llama-cpp-python {v} from PyP
 PROBE_TEXTS = (
     "Hello world", " Hello world", "Hello  world", "   three leading spaces", "trailing spaces   ",
     "def f(x):\n    return x + 1\n\n\nclass A:\n\tpass\n", "numbers 1234567890 and 3.14159",
-    "naïve café, Äpfel, 東京, 🦙 emoji", "<s> and </s> as text", "line one\nline two\r\nline three",
+    "naïve café, Äpfel, 東京, 🦙 emoji", "special tokens </s> and <s> inside text", "line one\nline two\r\nline three",
     "for i in range(10):\n        print(i ** 2)  # comment", "x=[1,2,3];y={'a':1}",
 )
 
