@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from tinyllama.config import config_to_dict, parse_config
 from tinyllama.data import DistributedStepSampler, MixtureDataset, parse_mixture, prepare_data, validation_dataset
 from tinyllama.model import count_parameters, flops_per_token
+from tinyllama.tokenizer import save_tokenizer
 from tinyllama.training.args import DEMO_CONFIG, PretrainArgs
 from tinyllama.training.checkpoint import (TrainState, clean_stale_tmp, export_model,
                                            find_resume_checkpoint, load_checkpoint, point_final, rotate_exports,
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         path = save_checkpoint(accelerator, ckpt_root, state, accelerator.unwrap_model(model).config,
                                args.keep_last)
         if accelerator.is_main_process:
-            tokenizer.save_pretrained(path / "tokenizer")
+            save_tokenizer(tokenizer, path / "tokenizer")  # with its tokenizer.model
         if args.export or final:
             out = export_model(accelerator, model, tokenizer, export_root / step_name(state.step), metadata(),
                                model_card(args, metadata(), n_params))

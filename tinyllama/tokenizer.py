@@ -162,6 +162,91 @@ def save_tokenizer_folder(model_file: str | os.PathLike, out_dir: str | os.PathL
     return out_dir
 
 
+# ---- carrying tokenizer.model along -------------------------------------------------------------------------------
+
+
+def sentencepiece_file_of(tokenizer) -> Path | None:
+    """The ``tokenizer.model`` of the folder (or Hub id, if cached) that ``tokenizer`` was loaded from, if any."""
+    source = str(getattr(tokenizer, "name_or_path", "") or "")
+    if not source:
+        return None
+    path = Path(source) / SENTENCEPIECE_FILE
+    if path.is_file():
+        return path
+    if not Path(source).exists():  # a Hub id: transformers downloaded tokenizer.model when its class asked for it
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, SENTENCEPIECE_FILE)
+        except Exception:  # not a valid repo id
+            return None
+        if isinstance(cached, str) and Path(cached).is_file():
+            return Path(cached)
+    return None
+
+
+def save_tokenizer(tokenizer, out_dir: str | os.PathLike) -> Path | None:
+    """``tokenizer.save_pretrained(out_dir)``, then :func:`copy_sentencepiece_model`."""
+    tokenizer.save_pretrained(out_dir)
+    return copy_sentencepiece_model(tokenizer, out_dir)
+
+
+def copy_sentencepiece_model(tokenizer, out_dir: str | os.PathLike) -> Path | None:
+    """Copy the ``tokenizer.model`` of the folder ``tokenizer`` was loaded from into ``out_dir`` (if it has one).
+
+    transformers 5.24's ``TokenizersBackend.save_pretrained`` writes tokenizer.json and tokenizer_config.json only,
+    so every export would lose the SentencePiece model that llama.cpp's GGUF conversion and lit_gpt read. It is
+    copied only while the tokenizer still has exactly its pieces (an extended vocabulary would make it stale).
+    Returns the copied file, or None."""
+    out_dir = Path(out_dir)
+    source = sentencepiece_file_of(tokenizer)
+    if source is None or (out_dir / SENTENCEPIECE_FILE).exists():
+        return None
+    proto = load_proto(source)
+    vocab = tokenizer.get_vocab()
+    if len(tokenizer) != len(proto.pieces) or any(vocab.get(p.piece) != i for i, p in enumerate(proto.pieces)):
+        log.warning("%s not copied to %s: the tokenizer (%d tokens) no longer matches it (%d pieces)",
+                    source, out_dir, len(tokenizer), len(proto.pieces))
+        return None
+    shutil.copyfile(source, out_dir / SENTENCEPIECE_FILE)
+    return out_dir / SENTENCEPIECE_FILE
+
+
+def extend_sentencepiece_model(model_file: str | os.PathLike, new_pieces: Sequence[str], fast_tokenizer,
+                               out_file: str | os.PathLike) -> Path | None:
+    """Write ``model_file`` with ``new_pieces`` (single characters, appended to a fast tokenizer's BPE vocabulary
+    with the next ids: tinyllama/vocab.py) appended as NORMAL pieces, so that SentencePiece keeps giving the fast
+    tokenizer's ids; check that on a probe and return ``out_file``, or log why not and write nothing (None).
+
+    A single character is never the result of a merge, so no merge changes; SentencePiece's BPE looks every
+    character up in its pieces before falling back to bytes, so the character becomes its piece. The score (below
+    every other piece) only matters for merges, of which it takes part in none."""
+    proto = load_proto(model_file)
+    have = {p.piece for p in proto.pieces}
+    if any(len(c) != 1 or c in have for c in new_pieces):
+        raise ValueError(f"new pieces must be single characters not in {model_file}")
+    low = min((p.score for p in proto.pieces), default=0.0)
+    first_id = len(proto.pieces)
+    for k, c in enumerate(new_pieces):
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = c, low - 1 - k, piece.NORMAL
+    if proto.trainer_spec.vocab_size:
+        proto.trainer_spec.vocab_size = len(proto.pieces)
+    out_file = Path(out_file)
+    out_file.write_bytes(proto.SerializeToString())
+    probe = ["".join(new_pieces), " " + " ".join(new_pieces) + " ab12 \n\t  x😀", f"a{new_pieces[0]}b"]
+    result = compare_with_sentencepiece(fast_tokenizer, out_file, probe)
+    ids = [fast_tokenizer.convert_tokens_to_ids(c) for c in new_pieces]
+    if not result.exact or ids != list(range(first_id, first_id + len(new_pieces))):
+        out_file.unlink()
+        log.warning("%s dropped: extended with the new pieces it still does not encode like the fast tokenizer "
+                    "(%s); only tokenizer.json is saved", SENTENCEPIECE_FILE, result.summary())
+        return None
+    log.info("%s extended with %d pieces (ids %d..%d)", SENTENCEPIECE_FILE, len(new_pieces), first_id,
+             first_id + len(new_pieces) - 1)
+    return out_file
+
+
 # ---- measuring agreement ---------------------------------------------------------------------------------------
 
 
