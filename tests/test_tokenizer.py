@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tinyllama.tokenizer import (TOKENIZER_CLASS, compare_with_sentencepiece, fast_tokenizer_from_sentencepiece,
-                                 load_proto, save_tokenizer_folder, sentencepiece_processor)
-
-# What breaks converters: indentation, runs of spaces, a leading space (SentencePiece's dummy prefix is added even
-# then), tabs, newlines, Chinese, emoji and rare characters (byte fallback), digits (split one by one).
-EDGE_TEXTS = [
-    "def f(x):\n    if x:\n        return x ** 2  # comment\n\treturn 0\n",
-    "a  b   c    d", " leading", "  two leading", "trailing  ", " ", "  ", "\n", "\t\tx", "x\n\n\n  y",
-    "床前明月光，疑是地上霜。举头望明月，低头思故乡。", "emoji 😀🎉 and ☃ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 龘", "12345 + 6.78 = 12351.78; 2024-01-01",
-    "ünïcödé naïve café", "x\u3000y\u00a0z\u200bw", "<0x41> ▁ ▁▁ literal",
-]
-
+from tinyllama.tokenizer import (EDGE_CASES as EDGE_TEXTS, TOKENIZER_CLASS, compare_with_sentencepiece,
+                                 fast_tokenizer_from_sentencepiece, load_proto, save_tokenizer_folder,
+                                 sentencepiece_processor)
 
 # runs of spaces in several contexts: where SentencePiece breaks ties between equal scores (Llama-2's whitespace
 # pieces are all scored -1e9)
@@ -126,3 +117,35 @@ def test_unigram_models_are_refused_with_a_clear_message(tmp_path, demo_paths):
                                    model_type="unigram", vocab_size=150, minloglevel=2, hard_vocab_limit=False)
     with pytest.raises(ValueError, match="UNIGRAM model; this converter handles BPE"):
         fast_tokenizer_from_sentencepiece(tmp_path / "uni.model")
+
+
+def test_convert_script_writes_an_exact_folder_keeping_the_chat_template(llama_style_model, tmp_path):
+    """A folder as transformers' LlamaTokenizer conversion leaves it (tokenizer.json off SentencePiece), with a chat
+    template and a pad token: the script writes an exact folder that keeps both, and prints both agreements."""
+    import sys
+
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    from pretrain_utils import run_cli
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(llama_style_model, src / "tokenizer.model")
+    old = LlamaTokenizer.from_pretrained(str(src))
+    old.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    old.pad_token = "<unk>"
+    old.save_pretrained(src)
+    r = run_cli([sys.executable, "scripts/convert_tokenizer.py", str(src), "--out", str(tmp_path / "out"),
+                 "--sample_size", "15"])
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ")]
+    assert "LlamaTokenizer" in rows[1] and " 0 (0.0%) " not in rows[1]  # the source's tokenizer.json differs
+    assert rows[2].split("|")[3].strip() == "0 (0.0%)"  # the new one does not
+    new = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert new.chat_template == old.chat_template and new.pad_token == "<unk>"
+    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == llama_style_model.read_bytes()
+    sp = sentencepiece_processor(llama_style_model)
+    assert compare_with_sentencepiece(new, sp, EDGE_TEXTS + SPACE_RUNS).exact
+    # a folder without tokenizer.model: one clear message, nothing written
+    r = run_cli([sys.executable, "scripts/convert_tokenizer.py", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "has no tokenizer.model" in r.stderr and not (tmp_path / "x").exists()

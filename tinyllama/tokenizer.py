@@ -47,7 +47,7 @@ def load_proto(model_file: str | os.PathLike):
 
 
 def fast_tokenizer_from_sentencepiece(model_file: str | os.PathLike, model_max_length: int = 2048,
-                                      chat_template: str | None = None):
+                                      chat_template: str | None = None, pad_token: str | None = None):
     """A transformers fast tokenizer that encodes like ``SentencePieceProcessor(model_file).encode`` (plus BOS).
 
     The BPE model (vocabulary in SentencePiece's id order, byte fallback, user-defined pieces kept whole) comes from
@@ -100,7 +100,7 @@ def fast_tokenizer_from_sentencepiece(model_file: str | os.PathLike, model_max_l
             single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, spec.bos_id)])
     kwargs = {"unk_token": spec.unk_piece if spec.unk_id >= 0 else None, "bos_token": bos,
               "eos_token": spec.eos_piece if spec.eos_id >= 0 else None,
-              "pad_token": spec.pad_piece if spec.pad_id >= 0 else None}
+              "pad_token": pad_token or (spec.pad_piece if spec.pad_id >= 0 else None)}
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, model_max_length=model_max_length, clean_up_tokenization_spaces=False,
         **{k: v for k, v in kwargs.items() if v is not None})
@@ -138,15 +138,22 @@ def score_ranked_merges(proto) -> list[tuple[str, str]]:
 
 
 def save_tokenizer_folder(model_file: str | os.PathLike, out_dir: str | os.PathLike, model_max_length: int = 2048,
-                          chat_template: str | None = None) -> Path:
+                          chat_template: str | None = None, pad_token: str | None = None,
+                          check_texts: Sequence[str] = ()) -> Path:
     """Write a SentencePiece-exact tokenizer folder: ``tokenizer.model`` (copied), ``tokenizer.json``,
-    ``tokenizer_config.json``; check that ``AutoTokenizer`` loads it back unchanged. Returns ``out_dir``."""
+    ``tokenizer_config.json`` (and the chat template); check that ``AutoTokenizer`` loads it back unchanged and, on
+    ``check_texts``, gives SentencePiece's ids (else raise and write nothing). Returns ``out_dir``."""
     from transformers import AutoTokenizer
 
     from .utils import atomic_dir
 
     model_file, out_dir = Path(model_file), Path(out_dir)
-    fast = fast_tokenizer_from_sentencepiece(model_file, model_max_length, chat_template)
+    fast = fast_tokenizer_from_sentencepiece(model_file, model_max_length, chat_template, pad_token)
+    if check_texts:
+        result = compare_with_sentencepiece(fast, model_file, check_texts)
+        if not result.exact:
+            raise TokenizerMismatch(f"{model_file}: the converted tokenizer does not reproduce SentencePiece on the "
+                                    f"check texts (nothing written): {result.summary()}")
     with atomic_dir(out_dir) as tmp:
         fast.save_pretrained(tmp)
         config_path = tmp / "tokenizer_config.json"
@@ -320,6 +327,30 @@ def compare_with_sentencepiece(fast_tokenizer, sp, texts: Sequence[str]) -> Agre
                 "sentencepiece": [sp.id_to_piece(t) for t in a[lo:pos + 6]],
                 "fast": [backend.id_to_token(t) for t in b[lo:pos + 6]]}
     return result
+
+
+# What breaks converters: indentation, runs of spaces, a leading space (SentencePiece's dummy prefix is added even
+# then), tabs, newlines, Chinese, emoji and rare characters (byte fallback), digits (split one by one).
+EDGE_CASES = [
+    "def f(x):\n    if x:\n        return x ** 2  # comment\n\treturn 0\n",
+    "a  b   c    d", " leading", "  two leading", "trailing  ", " ", "  ", "\n", "\t\tx", "x\n\n\n  y",
+    "床前明月光，疑是地上霜。举头望明月，低头思故乡。", "emoji 😀🎉 and ☃ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 龘", "12345 + 6.78 = 12351.78; 2024-01-01",
+    "ünïcödé naïve café", "x\u3000y\u00a0z\u200bw", "<0x41> ▁ ▁▁ literal",
+] + [t for n in (3, 7, 11, 17, 21, 33) for t in ("x" + " " * n + "y", "\n" + " " * n + "return")]
+
+
+def builtin_sample(max_per_kind: int | None = None) -> dict[str, list[str]]:
+    """Texts that need no network, by kind: ``code`` (this Python's standard-library modules), ``prose`` (its
+    reference manual's topics), ``chinese`` and ``math`` (the demo corpus's), ``edge cases`` (above)."""
+    import sysconfig
+
+    from .demo import chinese_documents, math_documents, prose_documents
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    code = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(lib.glob("*.py"))]
+    kinds = {"code": code, "prose": prose_documents(), "chinese": chinese_documents(300), "math": math_documents(300),
+             "edge cases": list(EDGE_CASES)}
+    return {k: v[:max_per_kind] for k, v in kinds.items()}
 
 
 # ---- the guard of data preparation ------------------------------------------------------------------------------
