@@ -11,7 +11,7 @@ token sequences it never saw, silently. transformers 5.24's own conversion of th
   reproduces SentencePiece's ids; :func:`save_tokenizer_folder` saves it (with ``tokenizer.model`` copied in) as a
   folder that ``AutoTokenizer.from_pretrained`` loads unchanged.
 - :func:`compare_with_sentencepiece` measures how far a fast tokenizer is from SentencePiece on some texts.
-- :func:`check_tokenizer_folder` is the guard data preparation runs before writing any shard.
+- :func:`check_preparation_tokenizer` is the guard data preparation runs before writing any shard.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ SENTENCEPIECE_FILE = "tokenizer.model"
 # tokenizer.json and rebuilds the rest (a ``Metaspace`` pre-tokenizer, no normalizer), which loses the
 # SentencePiece-exact normalizer below (models/auto/tokenization_auto.py, TokenizersBackend.convert_to_native_format).
 TOKENIZER_CLASS = "TokenizersBackend"
-CONVERT_HINT = "python scripts/convert_tokenizer.py {folder}/tokenizer.model --out <new folder>"
+CONVERT_HINT = "python scripts/convert_tokenizer.py {source} --out <new folder>"
 
 
 def load_proto(model_file: str | os.PathLike):
@@ -173,8 +173,10 @@ def save_tokenizer_folder(model_file: str | os.PathLike, out_dir: str | os.PathL
 
 
 def sentencepiece_file_of(tokenizer) -> Path | None:
-    """The ``tokenizer.model`` of the folder (or Hub id, if cached) that ``tokenizer`` was loaded from, if any."""
-    source = str(getattr(tokenizer, "name_or_path", "") or "")
+    """The ``tokenizer.model`` of the folder (or Hub id, if cached) that ``tokenizer`` (a loaded tokenizer, or its
+    name) was loaded from, if any."""
+    source = str(tokenizer if isinstance(tokenizer, (str, os.PathLike)) else getattr(tokenizer, "name_or_path", "")
+                 or "")
     if not source:
         return None
     path = Path(source) / SENTENCEPIECE_FILE
@@ -285,7 +287,7 @@ class Agreement:
     def summary(self) -> str:
         text = (f"{self.differing_documents} of {self.documents} documents differ ({self.document_rate:.1%}); "
                 f"{self.differing_tokens} of {self.tokens_sentencepiece} SentencePiece tokens differ; token count "
-                f"{self.tokens_fast} vs {self.tokens_sentencepiece} ({self.token_count_difference:+.2%})")
+                f"{self.tokens_fast} vs {self.tokens_sentencepiece} ({self.token_count_difference:+.3%})")
         if self.first_difference:
             d = self.first_difference
             text += (f"\n  first difference, document {d['document']} at token {d['position']} "
@@ -357,33 +359,54 @@ def builtin_sample(max_per_kind: int | None = None) -> dict[str, list[str]]:
 
 
 class TokenizerMismatch(ValueError):
-    """The fast tokenizer of a folder does not encode like the folder's own tokenizer.model."""
+    """A fast tokenizer does not encode like the SentencePiece model it comes with."""
 
 
-def check_tokenizer_folder(tokenizer, texts: Sequence[str], name: str = "tokenizer") -> Agreement | None:
-    """Compare a fast tokenizer with the ``tokenizer.model`` of its folder on ``texts``; raise
-    :class:`TokenizerMismatch` (one message: rate, first differing pieces, the fix) if any ids differ.
+def check_tokenizer(name: str, texts: Sequence[str], tokenizer=None) -> Agreement | None:
+    """Compare the fast tokenizer ``name`` (a folder or Hub id; ``tokenizer``: it already loaded, a transformers or
+    ``tokenizers`` object) with the ``tokenizer.model`` it comes with on ``texts``; raise :class:`TokenizerMismatch`
+    (one message: the rate, the first differing pieces, the fix) if any ids differ.
 
-    ``tokenizer`` is a folder or a loaded tokenizer (its ``name_or_path`` is the folder). Returns ``None``, and checks
-    nothing, when there is no local folder with a ``tokenizer.model`` (a Hub id: use a local copy to be checked).
-    """
-    folder = Path(str(getattr(tokenizer, "name_or_path", tokenizer)))
-    model_file = folder / SENTENCEPIECE_FILE
-    if not model_file.is_file():
-        log.info("%s: no %s in the folder; SentencePiece agreement not checked", name, SENTENCEPIECE_FILE)
+    Returns ``None``, checking nothing, when there is no ``tokenizer.model`` (in the folder, or for a Hub id in the
+    local cache, where transformers puts it when the tokenizer's class reads it)."""
+    model_file = sentencepiece_file_of(name)
+    if model_file is None:
+        log.info("tokenizer %s: no %s beside it; SentencePiece agreement not checked", name, SENTENCEPIECE_FILE)
         return None
-    if isinstance(tokenizer, (str, os.PathLike)):
+    if tokenizer is None:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(name)
     result = compare_with_sentencepiece(tokenizer, model_file, [t for t in texts if t])
     if not result.exact:
         raise TokenizerMismatch(
-            f"tokenizer {name!r}: its fast tokenizer (tokenizer.json) and its {SENTENCEPIECE_FILE} give different ids "
-            f"on a sample of the data: {result.summary()}\nA TinyLlama/Llama-2 checkpoint was pretrained on "
-            f"SentencePiece's ids; data prepared with this tokenizer.json would not match them. Fix: write a "
-            f"SentencePiece-exact folder with `{CONVERT_HINT.format(folder=folder)}` and prepare with it, or set "
-            f"`tokenizer_check: false` in the data config to prepare with this tokenizer.json anyway.")
-    log.info("%s: fast tokenizer agrees with %s on %d sampled documents (%d tokens)", name, SENTENCEPIECE_FILE,
-             result.documents, result.tokens_sentencepiece)
+            f"tokenizer {name!r}: its fast tokenizer (tokenizer.json, what preparation uses) and its "
+            f"{SENTENCEPIECE_FILE} give different ids on a sample of the data: {result.summary()}\n"
+            f"TinyLlama and Llama-2 were pretrained on SentencePiece's ids: data prepared with this tokenizer.json "
+            f"would not match what the checkpoint saw. Fix: write a SentencePiece-exact tokenizer folder with `"
+            f"{CONVERT_HINT.format(source=name)}` and prepare with --tokenizer <new folder> (and use that folder in "
+            f"training and inference too); or set `tokenizer_check: false` in the data config to prepare with this "
+            f"tokenizer.json anyway.")
+    log.info("tokenizer %s: tokenizer.json agrees with its %s on %d sampled documents (%d tokens)", name,
+             SENTENCEPIECE_FILE, result.documents, result.tokens_sentencepiece)
     return result
+
+
+def check_preparation_tokenizer(name: str, tokenizer_json: str, readers, per_source: int = 64) -> Agreement | None:
+    """The guard data preparation runs before writing anything: :func:`check_tokenizer` on the first
+    ``per_source`` documents of each source (``readers``: ``tinyllama.data.readers.SourceReader``s), encoded with
+    the serialized fast tokenizer the workers will use."""
+    import itertools
+
+    from tokenizers import Tokenizer
+
+    from .data.readers import Position
+
+    if sentencepiece_file_of(name) is None:
+        return check_tokenizer(name, [])  # logs that nothing is checked
+    texts = []
+    for reader in readers:
+        rows = reader.rows(Position())
+        texts += itertools.islice((text for text, _, _ in rows if text), per_source)
+        rows.close()
+    return check_tokenizer(name, texts, Tokenizer.from_str(tokenizer_json))
