@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..tokenizer import save_tokenizer
 from .checkpoint import (TrainState, clean_stale_tmp, export_model, find_resume_checkpoint, load_checkpoint,
                          point_final, rotate_exports, save_checkpoint, step_name)
 from .hub import HubUploader, model_card
@@ -65,7 +66,7 @@ class Checkpointer:
         path = save_checkpoint(accelerator, self.ckpt_root, state, accelerator.unwrap_model(self.model).config,
                                args.keep_last)
         if accelerator.is_main_process:
-            self.tokenizer.save_pretrained(path / "tokenizer")
+            save_tokenizer(self.tokenizer, path / "tokenizer")  # with its tokenizer.model
         if args.export or final:
             meta = self.metadata(state)
             out = export_model(accelerator, self.model, self.tokenizer, self.export_root / step_name(state.step),
