@@ -52,6 +52,26 @@ def test_export_loads_in_transformers_and_generates(baseline):
     assert "README.md" in os.listdir(final) and "slimpajama" in (final / "README.md").read_text()
 
 
+def test_exports_carry_the_sentencepiece_model_that_agrees_with_their_tokenizer(baseline, demo_paths, tmp_path):
+    """Checkpoints, exports and an offline export of a checkpoint keep the tokenizer.model (for llama.cpp/GGUF and
+    lit_gpt), and its SentencePiece ids are the export's AutoTokenizer ids."""
+    from transformers import AutoTokenizer
+
+    from tinyllama.tokenizer import compare_with_sentencepiece
+    from tinyllama.training.checkpoint import export_checkpoint
+
+    run = baseline[0]
+    source = (demo_paths["tokenizer"] / "tokenizer.model").read_bytes()
+    offline = export_checkpoint(run / "checkpoints" / "step-000008", tmp_path / "offline")
+    for folder in (run / "checkpoints" / "step-000008" / "tokenizer", run / "export" / "final", offline):
+        assert (folder / "tokenizer.model").read_bytes() == source, folder
+    final = run / "export" / "final"
+    texts = [json.loads(line)["text"] for line in list(demo_paths["slimpajama"].open())[:30]]
+    texts += ["    indented  code\n\tx = 12345", " leading space", "床前明月光 😀"]
+    result = compare_with_sentencepiece(AutoTokenizer.from_pretrained(final), final / "tokenizer.model", texts)
+    assert result.exact and result.tokens_sentencepiece > 1000, result.summary()
+
+
 def preempted(cfg, run, step: int, monkeypatch) -> dict:
     """The same run, stopped by a real SIGTERM (how schedulers preempt) after ``step``."""
     with monkeypatch.context() as m:

@@ -573,6 +573,10 @@ def train_and_save(trainer, resume, *arg_instances) -> dict:
     model = trainer.accelerator.unwrap_model(trainer.model)
     (model.get_base_model() if hasattr(model, "get_base_model") else model).config.use_cache = True  # for chat
     trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():  # save_model's save_pretrained does not write the tokenizer.model
+        from .tokenizer import copy_sentencepiece_model
+
+        copy_sentencepiece_model(trainer.processing_class, output_dir)
     if trainer.card_info is not None:
         trainer.card_info["metrics"] = metrics
     trainer.create_model_card()

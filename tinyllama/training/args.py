@@ -114,6 +114,9 @@ class PretrainArgs:
     eval_suite: Optional[str] = field(default=None, metadata=_help(
         "an lm-eval suite (evaluation/suites) run on each export, logged beside the loss"))
     eval_limit: Optional[int] = field(default=None, metadata=_help("lm-eval --limit for eval_suite"))
+    eval_data_dir: Optional[str] = field(default=None, metadata=_help(
+        "local copies of the suite's data sets for eval_suite (offline; default: the EVAL_DATA_DIR environment "
+        "variable, read once at start, as evaluation/run_lm_eval.sh reads it)"))
 
     # ---- Hub ----------------------------------------------------------------------------------------------------
     push_to_hub: bool = field(default=False, metadata=_help("upload exports to the Hub in the background"))

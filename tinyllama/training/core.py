@@ -1,11 +1,13 @@
 """The pieces of a training step that the recipe and the benchmarks share (so a benchmark measures what training
-runs): the Accelerator, the model with its options, and the loss of one micro-batch."""
+runs): the Accelerator, the model with its options, the loss of one micro-batch and one optimizer step."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -163,3 +165,58 @@ def forward_loss(model, batch: dict, document_masking: bool, device) -> torch.Te
     """Mean next-token loss of one micro-batch (see ``model_inputs`` for what the model is handed)."""
     varlen = document_masking and uses_varlen_attention(model)
     return model(**model_inputs(batch, document_masking, device, varlen)).loss
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # mean loss over the step's micro-batches, on the device (no sync); 0 when skipped
+    grad_norm: torch.Tensor | float | None  # before clipping; None when the step was skipped before the backward
+    skipped: bool  # a non-finite loss or gradient: no update was made (the step's data is consumed anyway)
+
+
+def train_step(model, optimizer, accelerator, batches, accum: int, document_masking: bool, max_grad_norm: float,
+               source_counts: torch.Tensor, poison_loss: bool = False) -> StepResult:
+    """One optimizer step over ``accum`` micro-batches, with the same decision on every rank.
+
+    A non-finite loss on any rank skips the update (the step's remaining micro-batches are read, so the data
+    position stays a function of the step, and not trained on); so does a non-finite gradient norm. DeepSpeed
+    updates the weights inside the last micro-batch's backward, so there the decision is taken before that backward
+    (one all-reduce per step); elsewhere it is taken after the backward, before ``optimizer.step()``.
+    ``source_counts`` (on the host) counts the samples read, by source. ``poison_loss``: fault injection for the
+    tests (this step's loss becomes NaN).
+    """
+    deepspeed = is_deepspeed(accelerator)
+    device = accelerator.device
+    accelerator.step = 0  # micro-step counter of accumulate(): sync on the last micro-batch of this step
+    nonfinite = torch.zeros((), device=device)
+    step_loss = torch.zeros((), device=device)
+    skipped, grad_norm = False, None
+    for micro in range(accum):
+        batch = next(batches)
+        source_counts += torch.bincount(batch["source"], minlength=len(source_counts))
+        if skipped:
+            continue  # the rest of a skipped step: its data is consumed, not trained on
+        with accelerator.accumulate(model):
+            loss = forward_loss(model, batch, document_masking, device)
+            if poison_loss:
+                loss = loss * float("nan")
+            nonfinite += ~torch.isfinite(loss.detach())
+            if micro == accum - 1 and deepspeed:  # DeepSpeed steps inside this backward: decide before it
+                skipped = accelerator.reduce(nonfinite, "sum").item() > 0
+                if skipped:
+                    model.optimizer.zero_grad()
+                    continue
+            accelerator.backward(loss)
+            step_loss += loss.detach() / accum
+    if deepspeed:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if not skipped else None
+        skipped = skipped or grad_norm is None or not math.isfinite(float(grad_norm))
+    else:
+        skipped = accelerator.reduce(nonfinite, "sum").item() > 0
+        if not skipped:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+            skipped = not torch.isfinite(grad_norm).item()
+        if not skipped:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return StepResult(step_loss, grad_norm, skipped)
