@@ -77,19 +77,12 @@ def demo_prompts(tokenizer, n: int, prompt_len: int) -> list[list[int]]:
     return prompts[:n]
 
 
-class ForwardCounter:
-    def __init__(self, model):
-        self.calls = 0
-        self._handle = model.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
 def measure_speculative(model, prompts: list[list[int]], new_tokens: int, device: str, repeats: int,
                         draft=None, lookup: int | None = None) -> dict:
     """Greedy decoding of ``new_tokens`` per prompt at batch 1: seconds (best of ``repeats``), outputs, forward
     passes of the model and of the draft."""
+    from tinyllama.chat import ForwardCounter
+
     kwargs = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
                   disable_compile=True)
     if draft is not None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tinyllama.chat import check_model_source, chat_template_from, is_adapter_dir
+from tinyllama.chat import ForwardCounter, check_model_source, chat_template_from, is_adapter_dir
 from tinyllama.utils import entry_point
 
 
@@ -89,7 +89,7 @@ def load(model_name: str, *, device: str = "auto", dtype: str = "auto", chat_tem
     return model.to(device).eval(), tokenizer
 
 
-def load_draft(draft_name: str, model, tokenizer, *, revision: str | None = None):
+def load_draft(draft_name: str, model, tokenizer):
     """The draft model for assisted generation, on the model's device and dtype; refused (before any generation)
     unless its tokenizer maps every token to the same id as the model's: the draft proposes ids, and ids from
     another vocabulary would be checked, and rejected, as if they were the model's."""
@@ -103,20 +103,6 @@ def load_draft(draft_name: str, model, tokenizer, *, revision: str | None = None
                          "the model's tokenizer (TinyLlama drafts for Llama-2 models and CodeLlama)")
     draft = AutoModelForCausalLM.from_pretrained(draft_name, dtype=model.dtype)
     return draft.to(model.device).eval()
-
-
-class ForwardCounter:
-    """Counts a model's forward passes (a drafted reply takes fewer of the big model's than it has tokens)."""
-
-    def __init__(self, model):
-        self.calls = 0
-        self._handle = model.register_forward_hook(self._hook)
-
-    def _hook(self, *_):
-        self.calls += 1
-
-    def remove(self) -> None:
-        self._handle.remove()
 
 
 def fit_context(tokenizer, messages: list[dict], budget: int) -> list[dict]:

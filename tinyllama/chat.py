@@ -587,3 +587,18 @@ def train_and_save(trainer, resume, *arg_instances) -> dict:
         log.info("saved %s to %s: %s", "adapter" if is_adapter_dir(output_dir) else "model", output_dir,
                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return metrics
+
+
+class ForwardCounter:
+    """Counts a model's forward passes while attached (a drafted reply takes fewer of the big model's forward
+    passes than it has tokens; scripts/chat.py and scripts/benchmark_inference.py report them)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        self._handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+    def remove(self) -> None:
+        self._handle.remove()
