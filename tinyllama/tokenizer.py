@@ -124,7 +124,7 @@ def score_ranked_merges(proto) -> list[tuple[str, str]]:
     breaks them by piece id). A ranked list cannot say "leftmost among equals"; Llama-2's ties are its 15
     whitespace-run pieces, all at -1e9, and on a run of spaces SentencePiece's leftmost rule grows the leftmost piece
     first, which ranking the longer left part first reproduces. Measured once on runs of 1-100 spaces in 7 contexts
-    and 80 standard-library files, with the demo model re-scored like Llama-2: 78 of the 700 runs (and 35 of the 80
+    and the 76 demo-corpus code files, with the demo model re-scored like Llama-2: 78 of the 700 runs (and 35 of the 76
     files) differed with ties broken by id, none with the longer left part first; tests/test_tokenizer.py keeps
     both checks. (On Llama-2's own model both orders agreed on everything measured.)
     Only NORMAL pieces merge: byte, control and user-defined pieces are never the result of a merge.
