@@ -58,9 +58,10 @@ def fast_tokenizer_from_sentencepiece(model_file: str | os.PathLike, model_max_l
     (' leading' -> '▁', '▁leading'); a ``Metaspace`` pre-tokenizer with prepend_scheme 'first' (what
     ``LlamaTokenizer`` builds) does not. With the merges below but that pre-tokenizer, on Llama-2's model, 33 of 191
     prose documents and 4 of the 28 ``EDGE_CASES`` still differed (0 of 168 code files; measured 2026-12-02 on the
-    ``builtin_sample``). transformers' builder gets this right too (it doubles a leading '▁' before its ``Metaspace``), but
-    data preparation encodes the pieces of a long document after the first without the start-of-text marker
-    (``tinyllama.data.tokenize.continuation_tokenizer`` drops a ``Prepend``), which a doubled '▁' would break.
+    ``builtin_sample``). transformers' builder gets this right too (it doubles a leading '▁' before its
+    ``Metaspace``), but data preparation encodes the pieces of a long document after the first without the
+    start-of-text marker (``tinyllama.data.tokenize.continuation_tokenizer`` drops a ``Prepend``), which a doubled
+    '▁' would break.
     """
     from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
