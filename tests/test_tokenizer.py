@@ -149,3 +149,29 @@ def test_convert_script_writes_an_exact_folder_keeping_the_chat_template(llama_s
     # a folder without tokenizer.model: one clear message, nothing written
     r = run_cli([sys.executable, "scripts/convert_tokenizer.py", str(tmp_path), "--out", str(tmp_path / "x")])
     assert r.returncode == 2 and "has no tokenizer.model" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_fidelity_script_prints_a_row_per_tokenizer_and_kind(llama_style_model, demo_paths, tmp_path):
+    import sys
+
+    from transformers import LlamaTokenizer
+
+    from pretrain_utils import run_cli
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(llama_style_model, bare / "tokenizer.model")
+    LlamaTokenizer.from_pretrained(str(bare)).save_pretrained(tmp_path / "llama")
+    save_tokenizer_folder(llama_style_model, tmp_path / "exact")
+    extra = tmp_path / "indented.jsonl"
+    extra.write_text("".join(json.dumps({"text": t}) + "\n" for t in SPACE_RUNS[:60]))
+    r = run_cli([sys.executable, "scripts/tokenizer_fidelity.py", "--sentencepiece", str(llama_style_model),
+                 "--tokenizer", str(tmp_path / "llama"), str(tmp_path / "exact"), "--kinds", "prose", "edge cases",
+                 "--texts", str(extra), "--max_docs", "30"])
+    assert r.returncode == 0, r.stderr
+    rows = {(c[1].split(" (")[0], c[2]): c[4] for line in r.stdout.splitlines() if line.startswith("| /")
+            for c in [[x.strip() for x in line.split("|")]]}
+    assert len(rows) == 6
+    for kind in ("prose", "edge cases", "indented"):
+        assert rows[(str(tmp_path / "exact"), kind)] == "0 (0.0%)"
+    assert rows[(str(tmp_path / "llama"), "indented")] != "0 (0.0%)" and "first difference" in r.stdout

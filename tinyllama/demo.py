@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -204,7 +205,13 @@ def build_demo(out: str | Path = DEMO_DIR) -> dict[str, Path]:
     out = Path(out)
     paths = build_corpus(out)
     tokenizer_dir = out / "tokenizer"
-    # a folder from before the demo tokenizer was SentencePiece-trained has no tokenizer.model: train it again
+    if (tokenizer_dir / "tokenizer.json").exists() and not (tokenizer_dir / "tokenizer.model").exists():
+        # a demo folder from before the demo tokenizer was SentencePiece-trained: train it again, and drop what was
+        # built with the old one (preparation would refuse shards of another tokenizer; the chat base model)
+        for stale in (out / "tokenized", out / "chat" / "base"):
+            if stale.exists():
+                log.warning("removing %s: built with the previous demo tokenizer (rebuilt on first use)", stale)
+                shutil.rmtree(stale)
     if not all((tokenizer_dir / name).exists() for name in ("tokenizer.json", "tokenizer.model")):
         log.info("training the demo tokenizer (vocab %d) on %s", DEMO_VOCAB_SIZE, out / "raw")
         train_tokenizer(corpus_texts(paths), tokenizer_dir)

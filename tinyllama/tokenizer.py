@@ -4,8 +4,8 @@ TinyLlama's pretraining data was tokenized with SentencePiece (the Llama-2 ``tok
 uses it when the folder has one), so a checkpoint has only ever seen SentencePiece's ids. The fast (Rust) tokenizer
 that transformers uses must give the same ids, or continued pretraining, fine-tuning and inference feed the model
 token sequences it never saw, silently. transformers 5.24's own conversion of the Llama-2 ``tokenizer.model``
-(``LlamaTokenizer(vocab_file=...)``) does not: it disagreed with SentencePiece on 171 of 173 standard-library files
-(docs/data.md, "Tokenizer fidelity", for the figures and the command).
+(``LlamaTokenizer.from_pretrained`` on a folder holding it) does not: it disagreed with SentencePiece on 167 of 168
+standard-library files and 181 of 191 prose documents (docs/data.md, "Tokenizer fidelity": figures and command).
 
 - :func:`fast_tokenizer_from_sentencepiece` builds a fast tokenizer from a SentencePiece BPE ``tokenizer.model`` that
   reproduces SentencePiece's ids; :func:`save_tokenizer_folder` saves it (with ``tokenizer.model`` copied in) as a
@@ -56,10 +56,12 @@ def fast_tokenizer_from_sentencepiece(model_file: str | os.PathLike, model_max_l
     The normalizer is written here: Llama-2's legacy ``Prepend("▁")`` + ``Replace(" ", "▁")``, no pre-tokenizer.
     SentencePiece's ``add_dummy_prefix`` prepends '▁' to every text, even one that starts with a space
     (' leading' -> '▁', '▁leading'); a ``Metaspace`` pre-tokenizer with prepend_scheme 'first' (what
-    ``LlamaTokenizer`` builds) does not: the last 1 of 173 standard-library files that still differed with the
-    merges fixed. transformers' builder gets this right too (it doubles a leading '▁' before its ``Metaspace``), but
-    data preparation encodes the pieces of a long document after the first without the start-of-text marker
-    (``tinyllama.data.tokenize.continuation_tokenizer`` drops a ``Prepend``), which a doubled '▁' would break.
+    ``LlamaTokenizer`` builds) does not. With the merges below but that pre-tokenizer, on Llama-2's model, 33 of 191
+    prose documents and 4 of the 28 ``EDGE_CASES`` still differed (0 of 168 code files; measured 2026-12-02 on the
+    ``builtin_sample``). transformers' builder gets this right too (it doubles a leading '▁' before its
+    ``Metaspace``), but data preparation encodes the pieces of a long document after the first without the
+    start-of-text marker (``tinyllama.data.tokenize.continuation_tokenizer`` drops a ``Prepend``), which a doubled
+    '▁' would break.
     """
     from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -117,14 +119,15 @@ def score_ranked_merges(proto) -> list[tuple[str, str]]:
     merges the pair of lowest rank (list position), then the leftmost. So the list must be in descending score:
     ``LlamaTokenizer.from_pretrained`` on a bare ``tokenizer.model`` orders it by the id of the merged piece
     (``generate_merges`` without scores), which puts Llama-2's whitespace pieces '▁▁', '▁▁▁', ... (score -1e9:
-    merged last) first; 171 of 173 standard-library files then encoded differently from SentencePiece.
+    merged last) first; 167 of 168 standard-library files then encoded differently from SentencePiece.
 
     Ties are why this is written here rather than taken from ``SpmConverter.build_tokenizer_from_spm_proto`` (which
     breaks them by piece id). A ranked list cannot say "leftmost among equals"; Llama-2's ties are its 15
     whitespace-run pieces, all at -1e9, and on a run of spaces SentencePiece's leftmost rule grows the leftmost piece
-    first, which ranking the longer left part first reproduces. Measured on runs of 1-100 spaces in 7 contexts plus
-    80 standard-library files, with the demo model re-scored like Llama-2 (tests/test_tokenizer.py): 78 of 700
-    runs differed with ties by id, none with the longer left part first. (On Llama-2's own model both orders agree.)
+    first, which ranking the longer left part first reproduces. Measured once on runs of 1-100 spaces in 7 contexts
+    and the 76 demo-corpus code files, with the demo model re-scored like Llama-2: 78 of the 700 runs (and 35 of the 76
+    files) differed with ties broken by id, none with the longer left part first; tests/test_tokenizer.py keeps
+    both checks. (On Llama-2's own model both orders agreed on everything measured.)
     Only NORMAL pieces merge: byte, control and user-defined pieces are never the result of a merge.
     """
     normal = {p.piece: p.score for p in proto.pieces if p.type == p.NORMAL}
