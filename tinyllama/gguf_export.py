@@ -47,6 +47,9 @@ PROBE_TEXTS = (
 
 
 def default_cache() -> Path:
+    """Where scripts/llama_cpp.sh keeps the llama-cpp-python source distribution and wheels (same rule as there)."""
+    if os.environ.get("TINYLLAMA_WHEEL_CACHE"):
+        return Path(os.environ["TINYLLAMA_WHEEL_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinyllama-wheels"
 
 
