@@ -14,7 +14,8 @@ def test_demo_builds_offline_quickly_and_deterministically(tmp_path):
     again = build_demo(tmp_path / "demo2")
     for key in ("slimpajama", "proof_pile_2", "skypile"):
         assert paths[key].read_bytes() == again[key].read_bytes()
-    assert (paths["tokenizer"] / "tokenizer.json").read_bytes() == (again["tokenizer"] / "tokenizer.json").read_bytes()
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):  # SentencePiece model + its conversion
+        assert (paths["tokenizer"] / name).read_bytes() == (again["tokenizer"] / name).read_bytes()
 
 
 def test_demo_corpus_uses_the_real_schemas(demo_paths):
