@@ -85,6 +85,8 @@ def check_document_masking(attn: str, tier, record=None, micro_batch: int = 3) -
     # What the model was handed, whatever its shape ([B, T] per sample, or the B samples flattened to [1, B*T]):
     # the samples' tokens in order, and position ids that restart at every document.
     assert torch.equal(handed["input_ids"].cpu().reshape(-1), inputs.reshape(-1))
+    if attn.startswith("flash"):  # flash attention sees packing only in one row: the samples flattened to [1, B*T]
+        assert tuple(handed["input_ids"].shape) == (1, inputs.numel()), tuple(handed["input_ids"].shape)
     positions = handed["position_ids"].cpu().reshape(-1)
     assert torch.equal(positions, batch["position_ids"][:, :-1].reshape(-1)), "position ids are not the loader's"
 

@@ -29,7 +29,8 @@ from gpu_tier_utils import packed_batch
 
 def recipe_args(use_liger_kernel: bool, attn: str) -> SimpleNamespace:
     return SimpleNamespace(model_config="demo", init_from=None, attn_implementation=attn, trust_remote_code=False,
-                           seed=0, use_liger_kernel=use_liger_kernel, gradient_checkpointing=False)
+                           seed=0, use_liger_kernel=use_liger_kernel, gradient_checkpointing=False,
+                           init="tinyllama")
 
 
 @pytest.mark.gpu
