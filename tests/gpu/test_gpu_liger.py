@@ -76,8 +76,11 @@ def test_liger_loss_equals_the_plain_loss(tier, record, monkeypatch):
     assert liger.model.norm._get_name() == "LigerRMSNorm" and liger.model.layers[0].mlp._get_name() == "LigerSwiGLUMLP"
     outputs = {}
     liger.register_forward_hook(lambda m, a, o: outputs.update(out=o))
-    with torch.no_grad(), tier.autocast():
-        loss_liger = forward_loss(liger, batch, True, "cuda").item()
+    with tier.autocast():
+        loss = forward_loss(liger, batch, True, "cuda")
+    loss.backward()  # as in training: the fused kernel computes its gradients in the forward
+    loss_liger = loss.item()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in liger.parameters())
     # Liger's fused linear cross-entropy never materialises the logits; the plain forward would return them
     assert outputs["out"].logits is None, "Liger's fused linear cross-entropy did not run"
 
