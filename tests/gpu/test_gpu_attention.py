@@ -64,10 +64,16 @@ def test_attention_kernel_logits_agree_with_sdpa(attn, tier, record):
     assert err <= bound, f"{attn}: logit error {err:.3g} > {bound:.3g} (sdpa's own: {err_sdpa:.3g})"
 
 
-def check_document_masking(attn: str, tier, record=None, micro_batch: int = 3) -> None:
+def check_document_masking(attn: str, tier, record=None, micro_batch: int = 3, flattened: bool = False) -> None:
     """Each document of a packed micro-batch, through ``forward_loss(document_masking=True)``, gets the logits it
-    gets alone; the same batch without document masking must differ by far more (so the check can fail)."""
-    from tinyllama.training.core import forward_loss
+    gets alone; the same batch without document masking must differ by far more (so the check can fail).
+    ``flattened``: hand the model the flash-attention layout (``model_inputs(..., varlen=True)``: the samples as one
+    row of B*T tokens) whatever the kernel, so that layout is checked on CPU too."""
+    from tinyllama.training.core import forward_loss, model_inputs
+
+    if flattened:
+        def forward_loss(model, batch, document_masking, device):  # noqa: F811 (the recipe's, with varlen forced)
+            return model(**model_inputs(batch, document_masking, device, varlen=document_masking)).loss
 
     seq_len = 256 if tier.cuda else 64
     model = build(tier.small_model, attn, tier)
@@ -123,7 +129,8 @@ def test_document_masking_isolates_documents(attn, tier, record):
     check_document_masking(attn, tier, record)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_document_masking_isolates_documents_on_cpu_quick(attn):
-    """The CPU part of the tier that the default suite runs (about a second each): the same check, tiny model."""
-    check_document_masking(attn, CPU_TIER)
+@pytest.mark.parametrize("attn, flattened", [("sdpa", False), ("eager", False), ("sdpa", True)])
+def test_document_masking_isolates_documents_on_cpu_quick(attn, flattened):
+    """The CPU part of the tier that the default suite runs (about a second each): the same check, tiny model; and
+    the flash-attention layout (samples flattened to one row) through sdpa, which reads the same position ids."""
+    check_document_masking(attn, CPU_TIER, flattened=flattened)
