@@ -51,7 +51,7 @@ def test_liger_loss_equals_the_plain_loss(tier, record, monkeypatch):
 
     plain = setup_model(recipe_args(False, attn)).to("cuda").train()
     opt = torch.optim.AdamW(plain.parameters(), lr=3e-3)
-    for _ in range(60):  # fit the batch (on CPU, demo model: loss 8.3 -> ~2.5; targets shifted by one: ~+0.7)
+    for _ in range(60):  # fit the batch (measured on CPU in fp32 after 40 steps: 8.35 -> 3.24; shifted: 3.90)
         with tier.autocast():
             loss = forward_loss(plain, batch, True, "cuda")
         loss.backward()
