@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo test test-gguf test-all faults clean
+.PHONY: install demo test test-gguf test-all faults test-gpu clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ test-gguf: install
 # the whole fault-injection suite (kills, preemption, disk full, Hub outages, bad inputs; docs/reliability.md)
 faults: install
 	TINYLLAMA_FAULTS_FULL=1 $(PY) -m pytest -q tests/faults --durations=20
+
+# the GPU tier (tests/gpu, docs/testing.md), on a CUDA machine: flash-attn / Liger / bitsandbytes checks, the 1.1B
+# bf16 step, compile, QLoRA, the GPU benchmark at toy size. TINYLLAMA_GPU_TIER_ON_CPU=1 runs it on CPU (tiny sizes).
+# No install step (a GPU box is often offline with its own CUDA torch): `make install` first, or PY=python3.
+test-gpu:
+	-nvidia-smi
+	$(PY) -c "import torch, transformers; print('torch', torch.__version__, 'CUDA', torch.version.cuda, \
+	  torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device'); \
+	  print('transformers', transformers.__version__)"
+	$(PY) -m pytest -q -m gpu tests/gpu -rs --durations=10
 
 clean:
 	rm -rf data/demo outputs/demo*
