@@ -1,8 +1,8 @@
 """The GPU tier (``make test-gpu``): checks of the GPU path that the CPU suite cannot make.
 
 Every test here is marked ``gpu``; tests/conftest.py skips them without CUDA, unless
-``TINYLLAMA_GPU_TIER_ON_CPU=1``, which runs the same tests on CPU instead (tiny model, fp32, float64 references), so that the test code itself is proven before
-any GPU runs it; checks with no CPU meaning (flash-attn, Liger, bitsandbytes) skip there with their reason.
+``TINYLLAMA_GPU_TIER_ON_CPU=1``, which runs the same tests on CPU instead (tiny model, fp32, float64 references),
+so that the test code itself is proven before any GPU runs it; checks with no CPU meaning (flash-attn, Liger, bitsandbytes) skip there with their reason.
 
 Measured values (peak memory, MFU, errors against the reference) are printed in a table at the end of the run, so
 the log of a GPU session records them.
