@@ -219,8 +219,9 @@ class Interval:
             row["loss"] = self.last_loss
         if self.grad_norm is not None:
             row["grad_norm"] = float(self.grad_norm)
-        if (mem := peak_memory_gb()) is not None:
+        if (mem := peak_memory_gb()) is not None:  # this interval's peak (reset below), not the run's so far
             row["peak_memory_gb"] = mem
+            torch.cuda.reset_peak_memory_stats()
         read = total[2:]  # the sources of the samples actually read since the last log line, all ranks
         for name, c in zip(self.source_names, read.tolist()):
             row[f"mix/{name}"] = c / max(read.sum().item(), 1.0)

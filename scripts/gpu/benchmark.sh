@@ -60,7 +60,8 @@ if [[ $what == pretrain || $what == all ]]; then
         attn=sdpa; docmask=flex+liger+docmask,sdpa+liger+docmask
     fi
     variants="$attn,$attn+liger,$attn+liger+compile,$attn+liger+ckpt+$mb_big,$docmask,$attn+liger+zero2"
-    if [[ ${TOY:-0} == 1 ]]; then  # Liger's Triton kernels need a GPU: on CPU the same variants without them
+    if [[ ${TOY:-0} == 1 ]] && ! "$PYTHON" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+        # Liger's Triton kernels need a GPU: on CPU the same variants without them (a GPU keeps them, even at TOY=1)
         variants=$(tr , '\n' <<<"${variants//+liger/}" | awk '!seen[$0]++' | paste -sd,)
     fi
     "$PYTHON" scripts/benchmark_pretrain.py --model "$model" "${train[@]}" --variants "$variants" \
