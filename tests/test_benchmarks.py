@@ -61,8 +61,10 @@ def test_data_benchmark_prints_every_way_each_in_its_own_process(demo_paths):
                     "--skip_run_clm"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split(" | ")[0] for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert rows[1:] == ["| raw tokenizer: `encode_batch_fast` on all texts, all cores",
+    assert rows[1:] == ["| raw tokenizer: `encode_batch_fast` on the pipeline's pieces (documents cut at 8192 "
+                        "characters), all cores",
                         "| raw tokenizer + reading the ids (`[e.ids for e in encodings]`)",
+                        "| raw tokenizer on whole documents (one run, for information)",
                         "| pipeline: `prepare_data`, num_workers=0"]
     pipeline = next(line for line in proc.stdout.splitlines() if line.startswith("| pipeline"))
     bytes_per_token = float(pipeline.strip(" |").split(" | ")[-1])  # from the shards a real prepare_data run wrote

@@ -156,10 +156,21 @@ def test_bos_eos_policy_is_applied_per_document(tmp_path, corpus, demo_paths, de
         assert tok.decode(d[:-1]) == text  # split into 500-character pieces, decodes back exactly
 
 
-def test_worker_processes_write_the_same_bytes(tmp_path, corpus, demo_paths):
+def test_worker_processes_write_the_same_bytes(tmp_path, corpus, demo_paths, monkeypatch):
+    pools = []
+
+    class CountedPool(prep._WorkerPool):
+        def __init__(self, workers, spec):
+            pools.append(workers)
+            super().__init__(workers, spec)
+
+    monkeypatch.setattr(prep, "_WorkerPool", CountedPool)
     a = prepare_data(_config(tmp_path / "a", corpus, demo_paths, num_workers=0))
-    b = prepare_data(_config(tmp_path / "b", corpus, demo_paths, num_workers=2))
-    assert _tree(a) == _tree(b)
+    assert pools == []  # in-process
+    for workers in (1, 2):
+        b = prepare_data(_config(tmp_path / f"w{workers}", corpus, demo_paths, num_workers=workers))
+        assert _tree(a) == _tree(b), workers
+    assert pools == [1, 2]  # one pool per run, shared by the run's two sources
 
 
 def test_interrupted_run_resumes_to_identical_bytes(tmp_path, corpus, demo_paths, monkeypatch):

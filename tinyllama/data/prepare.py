@@ -36,7 +36,8 @@ from ..utils import TMP_PREFIX, RunStopped
 from .readers import Position, SourceReader, SourceSpec
 from .shards import FORMAT, MAX_SHARD_TOKENS, SPLITS, ShardWriter, check_shards, read_manifest, shard_paths, \
     write_manifest
-from .tokenize import Encoder, TokenizerInfo, encode_in_worker, encode_records, init_worker, load_tokenizer
+from .tokenize import Encoder, EncoderSpec, TokenizerInfo, encode_in_worker, encode_records, init_worker, \
+    load_tokenizer, load_worker_encoder
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -175,53 +176,105 @@ def prepare_sources(cfg: PrepareConfig) -> Path:
 
     # ---- every check that can fail, before any work: cheap ones first ----
     readers = {spec.name: SourceReader(spec) for spec in todo}  # missing paths, Hub ids while offline
-    tok = load_tokenizer(cfg.tokenizer)
-    dtype = _dtype_for(cfg, tok.vocab_size)
-    if tok.vocab_size > np.iinfo(dtype).max + 1:
-        raise ValueError(f"dtype: {dtype} holds ids below {np.iinfo(dtype).max + 1}, but tokenizer {cfg.tokenizer!r} "
-                         f"has {tok.vocab_size} tokens; use dtype: uint32 (or auto)")
-    for flag, tid in (("bos", tok.bos_token_id), ("eos", tok.eos_token_id)):
-        if getattr(cfg, flag) and tid is None:
-            raise ValueError(f"{flag}: true, but tokenizer {cfg.tokenizer!r} has no {flag.upper()} token")
-    bos_id = tok.bos_token_id if cfg.bos else None
-    eos_id = tok.eos_token_id if cfg.eos else None
-    Encoder(tok.json, bos_id, eos_id, cfg.max_chars_per_piece, dtype).check_splitting()
-    for spec in todo:
-        folder = out / spec.name
-        manifest = read_manifest(folder)
-        if manifest is not None and not cfg.overwrite:
-            diff = _settings_diff(manifest["settings"], cfg.settings(spec, dtype))
-            if manifest["tokenizer"]["hash"] != tok.hash:
-                diff.append("tokenizer (same name, different content)")
-            if diff:
-                raise ValueError(f"{folder / 'manifest.json'}: prepared with other settings ({', '.join(diff)}); "
-                                 f"use --overwrite true to prepare '{spec.name}' again from scratch, or another "
-                                 f"output_dir")
-        readers[spec.name].check()  # the text and filter fields are in the data; the source is not empty
-    if cfg.tokenizer_check:  # tokenizer.json gives its tokenizer.model's ids (SentencePiece), else stop
-        check_preparation_tokenizer(cfg.tokenizer, tok.json, [readers[spec.name] for spec in todo])
-
-    workers = cfg.num_workers
-    if workers == -1:
-        small = all(not r.hub for r in readers.values()) and sum(
-            f.stat().st_size for r in readers.values() for f, _ in r.files) < SMALL_INPUT_BYTES
-        # a small local input (the demo) is done before worker processes would have started
-        workers = 0 if small else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                   else os.cpu_count() or 1)
+    workers = _worker_count(cfg, readers)
     pool = None
-    if workers > 0:
-        # spawn, not fork: the parent may hold threads (pyarrow, torch) that a fork would copy mid-lock.
-        # concurrent.futures, not multiprocessing.Pool: when a worker dies (the out-of-memory killer), Pool loses its
-        # task and waits forever; the executor fails every pending result with BrokenProcessPool instead.
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
-                                   initargs=(tok.json, bos_id, eos_id, cfg.max_chars_per_piece, dtype))
     try:
+        tok = load_tokenizer(cfg.tokenizer)
+        dtype = _dtype_for(cfg, tok.vocab_size)
+        if tok.vocab_size > np.iinfo(dtype).max + 1:
+            raise ValueError(f"dtype: {dtype} holds ids below {np.iinfo(dtype).max + 1}, but tokenizer "
+                             f"{cfg.tokenizer!r} has {tok.vocab_size} tokens; use dtype: uint32 (or auto)")
+        for flag, tid in (("bos", tok.bos_token_id), ("eos", tok.eos_token_id)):
+            if getattr(cfg, flag) and tid is None:
+                raise ValueError(f"{flag}: true, but tokenizer {cfg.tokenizer!r} has no {flag.upper()} token")
+        encoder_spec = EncoderSpec.of(tok, tok.bos_token_id if cfg.bos else None,
+                                      tok.eos_token_id if cfg.eos else None, cfg.max_chars_per_piece, dtype)
         for spec in todo:
-            prepare_source(cfg, spec, readers[spec.name], tok, dtype, out / spec.name, pool, workers)
+            folder = out / spec.name
+            manifest = read_manifest(folder)
+            if manifest is not None and not cfg.overwrite:
+                diff = _settings_diff(manifest["settings"], cfg.settings(spec, dtype))
+                if manifest["tokenizer"]["hash"] != tok.hash:
+                    diff.append("tokenizer (same name, different content)")
+                if diff:
+                    raise ValueError(f"{folder / 'manifest.json'}: prepared with other settings ({', '.join(diff)});"
+                                     f" use --overwrite true to prepare '{spec.name}' again from scratch, or another "
+                                     f"output_dir")
+            readers[spec.name].check()  # the text and filter fields are in the data; the source is not empty
+        if cfg.tokenizer_check:  # tokenizer.json gives its tokenizer.model's ids (SentencePiece), else stop
+            check_preparation_tokenizer(cfg.tokenizer, tok.json, [readers[spec.name] for spec in todo])
+        encoder = None
+        if workers > 0:
+            # The workers start once every cheap check has passed, and build their encoders (and run the splitting
+            # check) while this process waits. One pool serves every source of the run: the fixed cost is paid once
+            # per run, not once per source.
+            pool = _WorkerPool(workers, encoder_spec)
+        else:
+            encoder = Encoder(encoder_spec)  # built once per run, for every source
+            encoder.check_splitting()
+        if pool is not None:
+            pool.wait_ready()  # raises the workers' splitting check's ValueError, if any
+
+        # ---- the config, the tokenizer and the sources are checked; nothing is written yet ----
+
+        for spec in todo:
+            prepare_source(cfg, spec, readers[spec.name], tok, dtype, out / spec.name, encoder, pool)
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown()
     return out
+
+
+def _worker_count(cfg: PrepareConfig, readers: dict[str, SourceReader]) -> int:
+    if cfg.num_workers != -1:
+        return cfg.num_workers
+    small = all(not r.hub for r in readers.values()) and sum(
+        f.stat().st_size for r in readers.values() for f, _ in r.files) < SMALL_INPUT_BYTES
+    if small:  # a small local input (the demo) is done before worker processes would have started
+        return 0
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_WORKER_DIED = ("a tokenizer worker process died (killed from outside, most often by the out-of-memory killer: lower "
+                "num_workers or batch_bytes); every shard in the manifest is whole: run the same command again to "
+                "resume")
+
+
+class _WorkerPool:
+    """The tokenizer worker processes of a run, each given the encoder spec once, shut down once at the end."""
+
+    def __init__(self, workers: int, spec: EncoderSpec):
+        # spawn, not fork: the parent may hold threads (pyarrow, torch) that a fork would copy mid-lock.
+        ctx = multiprocessing.get_context("spawn")
+        self.workers = workers
+        # The spec goes through a queue, not the initializer's arguments: multiprocessing writes a spawned child's
+        # arguments into a pipe and blocks until the child has started and read them, so megabytes of tokenizer
+        # there would start the workers one after the other (seconds for a hundred workers); through the queue they
+        # start at once and each takes its copy when it is up.
+        self.specs = ctx.Queue()
+        self.specs.cancel_join_thread()  # a copy left unread (a worker died first) must not hold this process's exit
+        for _ in range(workers):
+            self.specs.put(spec)
+        # concurrent.futures, not multiprocessing.Pool: when a worker dies (the out-of-memory killer), Pool loses its
+        # task and waits forever; the executor fails every pending result with BrokenProcessPool instead.
+        self.executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(self.specs,))
+        # The executor starts a process per submitted task while none is idle: one start-up task per worker starts
+        # them all now; each builds its encoder and runs the splitting check.
+        self.ready = [self.executor.submit(load_worker_encoder) for _ in range(workers)]
+
+    def wait_ready(self) -> None:
+        try:
+            for f in self.ready:
+                f.result()  # raises the splitting check's ValueError, if any
+        except BrokenProcessPool:
+            raise RunStopped(_WORKER_DIED) from None
+
+    def submit(self, *args):
+        return self.executor.submit(*args)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.specs.close()
 
 
 # ---- one source ------------------------------------------------------------------------------------------------
@@ -262,7 +315,7 @@ def _batches(cfg: PrepareConfig, reader: SourceReader, start: Position) -> Itera
     yield _Batch(records, positions, last=True)
 
 
-def _encoded(batches: Iterator[_Batch], parser, encoder: Encoder | None, pool, workers: int):
+def _encoded(batches: Iterator[_Batch], parser, encoder: Encoder | None, pool: "_WorkerPool | None"):
     """(batch, (ids, lengths, reasons)) in input order, at most ``4 x workers + 4`` batches in flight: results are
     taken in order, so the window must let the other workers go on while one is slow (preempted on a shared machine,
     or given a batch of long documents)."""
@@ -274,17 +327,14 @@ def _encoded(batches: Iterator[_Batch], parser, encoder: Encoder | None, pool, w
     try:
         for b in batches:
             pending.append((b, pool.submit(encode_in_worker, parser, b.records)))
-            while len(pending) > 4 * workers + 4:
+            while len(pending) > 4 * pool.workers + 4:
                 b0, r = pending.popleft()
                 yield b0, r.result()
         while pending:
             b0, r = pending.popleft()
             yield b0, r.result()
     except BrokenProcessPool:  # (from submit or result, whichever comes first after the death)
-        raise RunStopped(
-            "a tokenizer worker process died (killed from outside, most often by the out-of-memory killer: lower "
-            "num_workers or batch_bytes); every shard in the manifest is whole: run the same command again to "
-            "resume") from None
+        raise RunStopped(_WORKER_DIED) from None
 
 
 def _clean(folder: Path, manifest: dict) -> None:
@@ -320,7 +370,8 @@ def _commit(folder: Path, manifest: dict, writers: dict[str, ShardWriter], state
 
 
 def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, tok: TokenizerInfo, dtype: str,
-                   folder: Path, pool, workers: int) -> dict:
+                   folder: Path, encoder: Encoder | None, pool: "_WorkerPool | None") -> dict:
+    """Prepare one source with ``encoder`` in this process, or with the worker ``pool``."""
     manifest = read_manifest(folder)
     if manifest is not None and cfg.overwrite:
         log.info("%s: --overwrite: removing the previous preparation", spec.name)
@@ -352,9 +403,6 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
                    skipped=collections.Counter(manifest["stats"]["skipped"]))
     resumed = state.rows > 0
     writers = {s: ShardWriter(folder, s, np.dtype(dtype), len(manifest["splits"][s])) for s in SPLITS}
-    encoder = None if pool is not None else Encoder(tok.json, tok.bos_token_id if cfg.bos else None,
-                                                    tok.eos_token_id if cfg.eos else None,
-                                                    cfg.max_chars_per_piece, dtype)
     log.info("%s: %s %s -> %s", spec.name, "resuming" if resumed else "reading", reader.describe(), folder)
     from tqdm.auto import tqdm
 
@@ -363,7 +411,7 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
     bar = tqdm(desc=spec.name, unit=" docs", disable=None, file=sys.stderr, initial=state.documents)
     try:
         for batch, (ids, lengths, reasons) in _encoded(_batches(cfg, reader, state.position), reader.parser,
-                                                       encoder, pool, workers):
+                                                       encoder, pool):
             # account for the rows in input order: skip reasons, the validation selection, the document limit
             val, done = [], False
             for reason, pos in zip(reasons, batch.positions):

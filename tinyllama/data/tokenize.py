@@ -14,6 +14,7 @@ variant, and ``Encoder`` checks at start-up that decoding the concatenation give
 from __future__ import annotations
 
 import array
+import copy
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ class TokenizerInfo:
     bos_token_id: int | None
     eos_token_id: int | None
     json: str  # the backend tokenizer, serialized (what the workers load)
+    continuation_json: str  # the same without its start-of-text marker (``continuation_tokenizer``)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "hash": self.hash, "vocab_size": self.vocab_size,
@@ -67,7 +69,8 @@ def load_tokenizer(name_or_path: str) -> TokenizerInfo:
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"tokenizer {name_or_path!r} has no fast (Rust) implementation; preparation needs one")
     text = tok.backend_tokenizer.to_str()
-    canonical = json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False)
+    spec = json.loads(text)  # parsed once, for the hash and the continuation variant (a Llama-2 JSON: 0.1 s)
+    canonical = json.dumps(spec, sort_keys=True, ensure_ascii=False)
     return TokenizerInfo(
         name=str(name_or_path),
         hash=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
@@ -75,12 +78,16 @@ def load_tokenizer(name_or_path: str) -> TokenizerInfo:
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         json=text,
+        continuation_json=continuation_tokenizer(spec),
     )
 
 
-def continuation_tokenizer(tokenizer_json: str) -> str:
-    """The same tokenizer without its start-of-text marker, for the pieces of a split document after the first."""
-    spec = json.loads(tokenizer_json)
+def continuation_tokenizer(tokenizer_json: str | dict) -> str:
+    """The same tokenizer without its start-of-text marker, for the pieces of a split document after the first
+    (``tokenizer_json``: the serialized tokenizer, or its parsed JSON, which is left unchanged)."""
+    spec = json.loads(tokenizer_json) if isinstance(tokenizer_json, str) else dict(tokenizer_json)
+    spec["normalizer"] = copy.deepcopy(spec.get("normalizer"))  # only these two parts are changed
+    spec["pre_tokenizer"] = copy.deepcopy(spec.get("pre_tokenizer"))
 
     def normalizer(n):
         if not n:
@@ -131,18 +138,34 @@ _PROBES = [("Hello world.\n", "  indented line\nnext"), ("a\n", "b c"), ("x", " 
            ("def f():\n", "    return 1\n")]
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything an ``Encoder`` is built from: what the main process hands to each worker process, once."""
+
+    tokenizer_json: str
+    continuation_json: str | None  # None: documents are never split (max_chars 0)
+    bos_id: int | None
+    eos_id: int | None
+    max_chars: int
+    dtype: str
+
+    @classmethod
+    def of(cls, tok: TokenizerInfo, bos_id: int | None, eos_id: int | None, max_chars: int, dtype: str):
+        return cls(tok.json, tok.continuation_json if max_chars > 0 else None, bos_id, eos_id, max_chars, dtype)
+
+
 class Encoder:
     """Encode batches of documents into one flat id array plus per-document lengths, applying the BOS/EOS policy."""
 
-    def __init__(self, tokenizer_json: str, bos_id: int | None, eos_id: int | None, max_chars: int, dtype: str):
+    def __init__(self, spec: EncoderSpec):
         from tokenizers import Tokenizer
 
-        self.first = Tokenizer.from_str(tokenizer_json)
-        self.cont = Tokenizer.from_str(continuation_tokenizer(tokenizer_json)) if max_chars > 0 else None
-        self.bos = [] if bos_id is None else [bos_id]
-        self.eos = [] if eos_id is None else [eos_id]
-        self.max_chars = max_chars
-        self.dtype = np.dtype(dtype)
+        self.first = Tokenizer.from_str(spec.tokenizer_json)
+        self.cont = Tokenizer.from_str(spec.continuation_json) if spec.max_chars > 0 else None
+        self.bos = [] if spec.bos_id is None else [spec.bos_id]
+        self.eos = [] if spec.eos_id is None else [spec.eos_id]
+        self.max_chars = spec.max_chars
+        self.dtype = np.dtype(spec.dtype)
 
     def check_splitting(self) -> None:
         """Raise ValueError if encoding a document in pieces would not decode back to the document."""
@@ -205,14 +228,31 @@ def encode_records(encoder: Encoder, parser, records: list) -> tuple[np.ndarray,
 
 
 # ---- worker-process side ----------------------------------------------------------------------------------------
+# A worker gets a queue from its initializer and takes one EncoderSpec from it (the main process puts one per
+# worker, see prepare._WorkerPool): the spec (a Llama-2 tokenizer is about 2.5 MB of JSON with its continuation
+# variant) crosses the process boundary once per worker, not once per batch.
 _WORKER: dict = {}
 
 
-def init_worker(tokenizer_json: str, bos_id, eos_id, max_chars: int, dtype: str) -> None:
+def init_worker(specs) -> None:
     # One Rust thread per worker process: the pool provides the parallelism, rayon on top would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER["encoder"] = Encoder(tokenizer_json, bos_id, eos_id, max_chars, dtype)
+    _WORKER["specs"] = specs
+
+
+def _worker_encoder() -> Encoder:
+    if "encoder" not in _WORKER:
+        _WORKER["encoder"] = Encoder(_WORKER["specs"].get())
+    return _WORKER["encoder"]
+
+
+def load_worker_encoder() -> int:
+    """The task each worker is given at start: build its encoder and run the splitting check
+    (``Encoder.check_splitting``, whose ValueError reaches the main process) while the main process checks the
+    sources; the first batches then find the encoder ready."""
+    _worker_encoder().check_splitting()
+    return os.getpid()
 
 
 def encode_in_worker(parser, records: list) -> tuple[np.ndarray, np.ndarray, list]:
-    return encode_records(_WORKER["encoder"], parser, records)
+    return encode_records(_worker_encoder(), parser, records)
