@@ -174,8 +174,9 @@ def test_worker_processes_write_the_same_bytes(tmp_path, corpus, demo_paths, mon
 
 
 def test_interrupted_run_resumes_to_identical_bytes(tmp_path, corpus, demo_paths, monkeypatch):
-    reference = _tree(prepare_data(_config(tmp_path / "ref", corpus, demo_paths)))
-    args = _config(tmp_path / "run", corpus, demo_paths)
+    # small shards: slimpajama must still be unfinished when the second run is killed at its second manifest write
+    reference = _tree(prepare_data(_config(tmp_path / "ref", corpus, demo_paths, shard_tokens=10000)))
+    args = _config(tmp_path / "run", corpus, demo_paths, shard_tokens=10000)
     out = tmp_path / "run" / "out"
     # 1) killed between two shards
     real_commit, calls = prep._commit, []

@@ -147,7 +147,9 @@ def test_loss_falls_well_below_its_start_on_the_demo_corpus(tmp_path):
                   "--warmup_steps", "5")
     got = losses(tmp_path / "run")
     first, last = got[5], got[60]
-    assert last < first - 2.0, (first, last)  # from about ln(4096) = 8.3 towards 5
+    # from about ln(4096) = 8.3; with the SentencePiece demo tokenizer (fewer tokens for the same text than the
+    # earlier tokenizers-trained one, so each carries more) it went 8.19 -> 6.28..6.36 at step 60 (2026-12-02)
+    assert last < first - 1.5, (first, last)
 
 
 def test_document_masking_blocks_attention_across_documents():
