@@ -142,14 +142,14 @@ def test_nonfinite_stop_message_via_cli(tmp_path):
 
 def test_loss_falls_well_below_its_start_on_the_demo_corpus(tmp_path):
     cfg = write_config(tmp_path)
-    run_inprocess(cfg, "--output_dir", str(tmp_path / "run"), "--model_config", "demo", "--max_steps", "60",
+    run_inprocess(cfg, "--output_dir", str(tmp_path / "run"), "--model_config", "demo", "--max_steps", "100",
                   "--log_every", "5", "--eval_every", "0", "--save_every", "1000", "--seq_len", "128",
                   "--warmup_steps", "5")
     got = losses(tmp_path / "run")
-    first, last = got[5], got[60]
-    # from about ln(4096) = 8.3; with the SentencePiece demo tokenizer (fewer tokens for the same text than the
-    # earlier tokenizers-trained one, so each carries more) it went 8.19 -> 6.28..6.36 at step 60 (2026-12-02)
-    assert last < first - 1.5, (first, last)
+    first, last = got[5], got[100]
+    # from about ln(4096) = 8.3; with the SentencePiece demo tokenizer (fewer tokens for the same text, so each
+    # carries more) 60 steps gave a fall of 1.9-2.3 nats: 100 steps keep the 2-nat bound clear (8.26 -> 5.47)
+    assert last < first - 2.0, (first, last)
 
 
 def test_document_masking_blocks_attention_across_documents():
