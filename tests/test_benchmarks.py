@@ -32,7 +32,7 @@ def test_gpu_benchmark_command_runs_every_part_at_toy_size(tmp_path):
     assert "torch " in (tmp_path / "versions.txt").read_text()
     rows = [ln.split(" | ")[0][2:] for ln in (tmp_path / "pretrain.md").read_text().splitlines()
             if ln.startswith("| ") and not ln.startswith("| variant")]
-    # every option of the throughput issue is in the list (Liger left out on CPU), each variant once
+    # every throughput option is in the list (Liger left out on CPU), each variant once
     assert rows == ["sdpa", "sdpa+compile", "sdpa+ckpt+mb4", "flex+docmask", "sdpa+docmask", "sdpa+zero2"]
     pretrain = (tmp_path / "pretrain.md").read_text()
     assert "| sdpa+compile | sdpa |" in pretrain and "| sdpa+zero2 | sdpa |" in pretrain  # ran, not skipped

@@ -1,4 +1,4 @@
-"""Chat SFT (issue 6): the template, labels, loss, training/inference round trip, the chat command, and the
+"""Chat SFT: the template, labels, loss, training/inference round trip, the chat command, and the
 mistakes a user can make (unknown keys, bad rows, QLoRA without CUDA, a Hub token in the config).
 
 One SFT run of a tiny model (configs/model/tiny.json, random weights) on fixed-answer chats is shared by the

@@ -1,4 +1,4 @@
-"""DPO (issue 6): on the UltraFeedback-schema fixture, training raises the reward accuracy; max_prompt_length keeps
+"""DPO: on the UltraFeedback-schema fixture, training raises the reward accuracy; max_prompt_length keeps
 the end of long prompts."""
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""LoRA SFT (issue 6): train, save, resume from a checkpoint, merge with scripts/merge_lora.py.
+"""LoRA SFT: train, save, resume from a checkpoint, merge with scripts/merge_lora.py.
 
 Resume is proven by equivalence: 6 steps straight, and 3 steps + resume to 6 from the checkpoint, give the same
 adapter (weights, optimizer, schedule and data order all restored). The merged model is proven by its logits,
