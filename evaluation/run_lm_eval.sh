@@ -12,12 +12,25 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The interpreter: $PYTHON if set, else the first of the repository's .venv, python3 and python on PATH that has
+# lm_eval installed; never a Python without the requirements (that would fail later with an import error).
 if [[ -n "${PYTHON:-}" ]]; then
   PY="$PYTHON"
-elif [[ -x "$REPO/.venv/bin/python" ]]; then
-  PY="$REPO/.venv/bin/python"
 else
-  PY="python3"
+  PY=""
+  for candidate in "$REPO/.venv/bin/python" python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1 \
+        && "$candidate" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("lm_eval") is None)' \
+           >/dev/null 2>&1; then
+      PY="$candidate"
+      break
+    fi
+  done
+  if [[ -z "$PY" ]]; then
+    echo "error: no Python with lm_eval found (tried $REPO/.venv/bin/python, python3, python on PATH);" \
+         "set PYTHON=/path/to/python of the environment that has requirements.txt installed" >&2
+    exit 2
+  fi
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" -m tinyllama.evaluation run "$@"

@@ -150,7 +150,7 @@ def evaluated(tmp_path_factory, demo_tokenizer):
     run_dir = root / "outputs" / "demo-run"
     make_export(run_dir, 100, 409_600, seed=0, tokenizer=demo_tokenizer)
     export2 = make_export(run_dir, 200, 819_200, seed=1, tokenizer=demo_tokenizer)
-    env = {**os.environ, "EVAL_DATA_DIR": str(data)}
+    env = {**os.environ, "EVAL_DATA_DIR": str(data), "PYTHON": sys.executable}  # this interpreter, any environment
     for k in ("EVAL_OUT", "EVAL_TASKS", "EVAL_BACKEND", "ALLOW_CODE_EXECUTION"):
         env.pop(k, None)
     script = subprocess.run(
