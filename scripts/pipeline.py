@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tinyllama.pipeline import REPO, StageFailed, run_pipeline  # noqa: E402
-from tinyllama.utils import entry_point  # noqa: E402
+from tinyllama.pipeline import REPO, StageFailed, run_pipeline
+from tinyllama.utils import entry_point
 
 DEMO_PIPELINE = REPO / "configs" / "pipeline" / "demo.yaml"
 

@@ -285,20 +285,13 @@ def export_checkpoint_on_the_fly(checkpoint_dir: Path) -> Path:
     """``outputs/<run>/checkpoints/step-N`` -> ``outputs/<run>/export/step-N``, exporting it when missing.
 
     The export is what the pretraining loop writes anyway; when it is not there, this is the one call into
-    the training package: ``tinyllama.training[.checkpoint].export_checkpoint(checkpoint_dir, out_dir)``.
+    the training package: ``tinyllama.training.export_checkpoint(checkpoint_dir, out_dir)``.
     """
     out = checkpoint_dir.parent.parent / "export" / checkpoint_dir.name
     if is_model_folder(out):
         return out
-    try:
-        try:
-            from tinyllama.training import export_checkpoint
-        except ImportError:
-            from tinyllama.training.checkpoint import export_checkpoint
-    except ImportError:
-        raise FileNotFoundError(
-            f"{checkpoint_dir} is a training checkpoint and its export {out} does not exist; this install has no "
-            f"tinyllama.training.export_checkpoint to make it: export the checkpoint first") from None
+    from tinyllama.training import export_checkpoint
+
     log.info("exporting %s to %s", checkpoint_dir, out)
     export_checkpoint(checkpoint_dir, out)
     if not is_model_folder(out):
