@@ -1,9 +1,11 @@
 """The package installs whole: every folder under tinyllama/ is a regular package that a non-editable install
 (setuptools' find_packages, as pyproject.toml configures it) ships, and the training package's names import."""
 
+from pathlib import Path
+
 from setuptools import find_packages
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_every_tinyllama_folder_with_code_is_a_package_the_wheel_ships():

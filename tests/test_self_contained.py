@@ -3,10 +3,11 @@ a tracker a reader cannot see. TinyLlama's published facts live in docs/referenc
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 OUTSIDE = re.compile(r"\.\./shared|/work/|TINYLLAMA\.md|\bissues? ?#?\d")
 
