@@ -337,6 +337,7 @@ def test_model_source_and_resume_errors(tmp_path):
     chat.check_model_source("TinyLlama/TinyLlama_v1.1")  # a Hub id is left to from_pretrained
 
 
+@pytest.mark.slow
 def test_demo_configs_run_from_a_fresh_checkout(tmp_path):
     """The demo configs through the recipes' entry points (the scripts themselves run as processes in the QLoRA
     and chat tests); the fixtures under data/demo/chat are built on first use."""

@@ -9,6 +9,9 @@ from pretrain_utils import load_script
 from tinyllama import chat
 from tinyllama.chat_fixtures import build_base_model, ultrafeedback_rows, write_hub_layout
 
+
+pytestmark = pytest.mark.slow  # SFT then DPO training; make test-fast skips it
+
 REPO = Path(__file__).resolve().parent.parent
 MAX_PROMPT = 20
 

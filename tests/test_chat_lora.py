@@ -74,6 +74,7 @@ def test_lora_resume_from_checkpoint_continues_the_same_run(lora_runs):
     assert any(not torch.equal(a[k], first[k]) for k in a)  # steps 4-6 changed the adapter
 
 
+@pytest.mark.slow
 def test_merged_model_logits_equal_the_adapter_models(lora_runs):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,6 +136,7 @@ class FakeHub:
         return None
 
 
+@pytest.mark.slow
 def test_push_to_hub_uploads_adapter_tokenizer_card_and_config_without_the_token(lora_runs, monkeypatch):
     import transformers.trainer
 
