@@ -9,7 +9,7 @@ Each stage reads the previous one's output (export/final); finished stages are s
 resumes from its own last checkpoint; a stage whose config or input changed is reported and nothing runs until it is
 restored or retrained (--rerun STAGE: that stage and every later one). At the end a table (stage, tokens, final
 loss, time, folder) is printed and written to <root>/pipeline-<variant>.{md,json}, with a plot of learning rate,
-batch size and source shares over the whole chain beside it (.png). See tinyllama/pipeline.py and docs/stages.md.
+batch size and source shares over the whole chain beside it (.png). See tinyllama/pipeline/ and docs/stages.md.
 """
 
 from __future__ import annotations

@@ -21,3 +21,17 @@ def test_training_package_exports_resolve_to_their_modules():
     assert export_checkpoint is checkpoint.export_checkpoint
     for name in training.__all__:
         assert getattr(training, name) is not None
+
+
+def test_architecture_doc_names_every_package_and_module():
+    """docs/architecture.md describes the layout as it is: every package of tinyllama/ and every module of the
+    split packages is named there."""
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    for package in sorted(p.parent for p in (REPO / "tinyllama").rglob("__init__.py")):
+        rel = package.relative_to(REPO).as_posix()
+        if rel != "tinyllama":
+            assert f"`{rel}/`" in doc, f"{rel}/ is not described in docs/architecture.md"
+    for package in ("evaluation", "pipeline", "training", "data"):
+        for module in (REPO / "tinyllama" / package).glob("*.py"):
+            if not module.name.startswith("__"):
+                assert f"`{module.name}`" in doc, f"tinyllama/{package}/{module.name} is not in docs/architecture.md"
