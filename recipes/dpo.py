@@ -48,6 +48,7 @@ class ChatDPOTrainer(chat.ChatModelCardMixin, DPOTrainer):
 
 def check_args(script_args, training_args, model_args) -> None:
     chat.check_quantization(model_args)
+    chat.check_precision(model_args, training_args)
     chat.ensure_demo_assets(model_args.model_name_or_path, script_args.dataset_name,
                             script_args.tokenizer_name_or_path)
     chat.check_model_source(model_args.model_name_or_path)

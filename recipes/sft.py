@@ -32,6 +32,7 @@ class ChatSFTTrainer(chat.ChatModelCardMixin, SFTTrainer):
 def check_args(script_args, training_args, model_args) -> None:
     """Mistakes that would otherwise surface after the model is loaded, or never."""
     chat.check_quantization(model_args)
+    chat.check_precision(model_args, training_args)
     chat.ensure_demo_assets(model_args.model_name_or_path, script_args.dataset_name,
                             script_args.tokenizer_name_or_path)
     chat.check_model_source(model_args.model_name_or_path)

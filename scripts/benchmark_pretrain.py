@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -93,11 +92,12 @@ def run_variant(v: dict, a) -> dict:
 
     from tinyllama.model import count_parameters, flops_per_token, resolve_attn_implementation
     from tinyllama.training.core import fill_deepspeed_config, forward_loss, process_group_kwargs, setup_model
+    from tinyllama.training.args import PretrainArgs
     from tinyllama.training.metrics import device_peak_flops
     from tinyllama.training.optim import build_optimizer
 
     cuda = torch.cuda.is_available()
-    args = SimpleNamespace(
+    args = PretrainArgs(  # the recipe's own arguments (its defaults for everything not set here)
         model_config=a.model, init_from=None, attn_implementation=v["attn"], trust_remote_code=False, seed=0,
         use_liger_kernel=v["liger"], gradient_checkpointing=v["ckpt"], weight_decay=0.1,
         no_decay_norm_and_embeddings=False, learning_rate=4e-4, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8,

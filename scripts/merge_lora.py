@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from tinyllama.chat import is_hub_id, check_model_source, is_adapter_dir
+from tinyllama.tokenizer import save_tokenizer
 from tinyllama.utils import atomic_dir, entry_point
 
 
@@ -69,7 +70,7 @@ def merge(adapter: str, output_dir: str, base_model: str | None = None, dtype: s
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir) if has_tokenizer else base)
     with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)  # with its tokenizer.model
         if (adapter_dir / "config.yaml").is_file():
             shutil.copy(adapter_dir / "config.yaml", tmp / "config.yaml")
         (tmp / "README.md").write_text(merged_card(adapter_dir, base, str(model.dtype).replace("torch.", "")),

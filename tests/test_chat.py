@@ -186,8 +186,8 @@ def test_training_format_equals_inference_format(sft_run):
 
 def test_saved_model_has_template_card_and_config_without_secrets(sft_run):
     out = sft_run.out
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "README.md",
-                 "config.yaml", "generation_config.json"):
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer.model", "chat_template.jinja",
+                 "README.md", "config.yaml", "generation_config.json"):
         assert (out / name).is_file(), name
     card = (out / "README.md").read_text()
     for expected in ("Base model:", str(sft_run.trainer.card_info["base_model"]), "Data:", "learning_rate", "0.01",

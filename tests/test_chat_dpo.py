@@ -49,6 +49,7 @@ def test_dpo_raises_reward_accuracy(dpo_run):
     assert after["eval_rewards/margins"] > 0.1
     assert after["eval_loss"] < before["eval_loss"]
     card = (dpo_run["out"] / "README.md").read_text()
+    assert (dpo_run["out"] / "tokenizer.model").is_file()  # the SentencePiece model travels with the tokenizer
     assert "trained with DPO" in card and "beta | 0.1" in card and "max_prompt_length | 20" in card
 
 

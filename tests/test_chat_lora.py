@@ -49,7 +49,8 @@ def test_lora_saves_an_adapter_with_tokenizer_and_card(lora_runs):
     assert sum(1 for name in config["target_modules"] if name.startswith("model.layers.")) == 2 * len(LINEAR)
     assert config["r"] == 8 and Path(config["base_model_name_or_path"]) == lora_runs["base"]
     assert not (out / "model.safetensors").exists()  # an adapter, not a copy of the model
-    for name in ("adapter_model.safetensors", "chat_template.jinja", "tokenizer.json", "README.md", "config.yaml"):
+    for name in ("adapter_model.safetensors", "chat_template.jinja", "tokenizer.json", "tokenizer.model", "README.md",
+                 "config.yaml"):
         assert (out / name).is_file(), name
     card = (out / "README.md").read_text()
     assert "LoRA adapter" in card and "lora_r | 8" in card and "library_name: peft" in card
@@ -85,6 +86,7 @@ def test_merged_model_logits_equal_the_adapter_models(lora_runs):
                              str(merged)], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert not (merged / "adapter_config.json").exists() and (merged / "model.safetensors").is_file()
+    assert (merged / "tokenizer.model").read_bytes() == (lora_runs["base"] / "tokenizer.model").read_bytes()
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is your name?"}],
                                         add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]

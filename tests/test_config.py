@@ -157,3 +157,22 @@ def test_yaml_no_and_yes_mean_the_word_for_string_and_choice_fields(tmp_path):
     assert e.eval_strategy is Strategy.NO and e.note == "yes" and e.flag is False
     (e,) = parse_config(Eval, ["--eval_strategy", "no"])
     assert e.eval_strategy is Strategy.NO
+
+
+def test_no_means_the_word_for_literal_choices_in_a_file_and_on_the_command_line(tmp_path):
+    """``mixed_precision: Literal["no", "bf16", "fp16"]``: ``--mixed_precision no`` is the word, not False."""
+    from tinyllama.training.args import PretrainArgs
+
+    @dataclass
+    class Precision:
+        mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+        flags: Literal[True, False, "auto"] = "auto"  # a choice that holds booleans keeps them
+
+    (p,) = parse_config(Precision, ["--mixed_precision", "no", "--flags", "no"])
+    assert p.mixed_precision == "no" and p.flags is False
+    (p,) = parse_config(Precision, ["--config", write(tmp_path, "mixed_precision: no\n")])
+    assert p.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="'mixed_precision' \\(command line\\): expected one of"):
+        parse_config(Precision, ["--mixed_precision", "yes"])
+    (args,) = parse_config(PretrainArgs, ["--model_config", "tiny", "--mixed_precision", "no"])
+    assert args.mixed_precision == "no"

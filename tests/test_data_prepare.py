@@ -3,6 +3,7 @@ GitHub rows to drop) and a Starcoderdata-shaped parquet (content, max_stars_repo
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -287,6 +288,37 @@ def test_bad_sources_fail_before_any_work(tmp_path, corpus, demo_paths):
     for spec, exc, pattern in cases:
         # the good source comes first: it must not be started when the second one is bad
         _expect(tmp_path, _config(tmp_path, corpus, demo_paths, sources={"good": base, "a": spec}), exc, pattern)
+
+
+def test_tokenizer_json_off_its_sentencepiece_model_stops_preparation_before_any_shard(tmp_path, corpus, demo_paths):
+    """A folder as transformers 5.24 converts a bare tokenizer.model (LlamaTokenizer: its Metaspace pre-tokenizer
+    skips SentencePiece's dummy prefix before a leading space) next to that tokenizer.model: the guard stops with
+    the rate, the first differing pieces and the fix; tokenizer_check: false prepares anyway; the demo's exact
+    folder passes the same check."""
+    import shutil
+
+    from transformers import LlamaTokenizer
+
+    from tinyllama.tokenizer import TokenizerMismatch, check_tokenizer
+
+    bad = tmp_path / "converted_by_transformers"
+    bad.mkdir()
+    shutil.copy(demo_paths["tokenizer"] / "tokenizer.model", bad / "tokenizer.model")
+    LlamaTokenizer.from_pretrained(str(bad)).save_pretrained(bad)
+    args = _config(tmp_path, corpus, demo_paths, tokenizer=str(bad))
+    with pytest.raises(TokenizerMismatch) as e:
+        prepare_data(args)
+    message = str(e.value)
+    assert re.search(r"[1-9]\d* of \d+ documents differ", message) and "first difference" in message
+    pieces = dict(re.findall(r"^ +(sentencepiece|fast): +(\[.*\])$", message, re.M))
+    assert pieces["sentencepiece"] != pieces["fast"]  # the first differing pieces, side by side
+    assert f"python scripts/convert_tokenizer.py {bad} --out" in message and "tokenizer_check: false" in message
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.bin"))
+    assert prepare_data(args + ["--tokenizer_check", "false"]).is_dir()
+    assert list((tmp_path / "out").rglob("*.bin"))
+    texts = [json.loads(line)["text"] for line in demo_paths["slimpajama"].open(encoding="utf-8")][:64]
+    texts += ["  leading spaces, trailing spaces  \n\n\ttab\n"]
+    assert check_tokenizer(str(demo_paths["tokenizer"]), texts).exact
 
 
 def test_all_rows_filtered_is_an_error_naming_the_counts(tmp_path, corpus, demo_paths):

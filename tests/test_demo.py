@@ -14,7 +14,23 @@ def test_demo_builds_offline_quickly_and_deterministically(tmp_path):
     again = build_demo(tmp_path / "demo2")
     for key in ("slimpajama", "proof_pile_2", "skypile"):
         assert paths[key].read_bytes() == again[key].read_bytes()
-    assert (paths["tokenizer"] / "tokenizer.json").read_bytes() == (again["tokenizer"] / "tokenizer.json").read_bytes()
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):  # SentencePiece model + its conversion
+        assert (paths["tokenizer"] / name).read_bytes() == (again["tokenizer"] / name).read_bytes()
+
+
+def test_a_demo_folder_with_the_previous_tokenizer_is_rebuilt(tmp_path):
+    """A data/demo from before the SentencePiece demo tokenizer (tokenizer.json only): the tokenizer is trained
+    again and the shards and chat base model made with the old one are removed (rebuilt on first use)."""
+    from tinyllama.demo import build_demo
+
+    paths = build_demo(tmp_path / "demo")
+    (paths["tokenizer"] / "tokenizer.model").unlink()
+    for stale in ("tokenized/slimpajama", "chat/base", "chat/ultrachat_200k"):
+        (tmp_path / "demo" / stale).mkdir(parents=True)
+    build_demo(tmp_path / "demo")
+    assert (paths["tokenizer"] / "tokenizer.model").is_file()
+    assert not (tmp_path / "demo" / "tokenized").exists() and not (tmp_path / "demo" / "chat" / "base").exists()
+    assert (tmp_path / "demo" / "chat" / "ultrachat_200k").is_dir()  # not made with the tokenizer: kept
 
 
 def test_demo_corpus_uses_the_real_schemas(demo_paths):

@@ -73,3 +73,33 @@ def test_seeded_builds_are_identical_and_init_from_checks_the_architecture(tmp_p
         build_model("demo", init_from=tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="model config not found"):
         build_model(tmp_path / "missing.json")
+
+
+def test_tinyllama_init_draws_each_module_kind_with_its_published_std():
+    """lit_gpt's init (docs/reference.md): embeddings and linear layers N(0, sqrt(2/(5d))), attention and MLP output
+    projections N(0, 1/sqrt(d)/L), norms 1; for the 1.1B model 0.01398 and 0.001005. The recipe applies it to a
+    from-scratch run by default; `init: hf` keeps transformers' N(0, 0.02)."""
+    from tinyllama.model import init_weights, tinyllama_init_stds
+    from tinyllama.training.args import PretrainArgs
+    from tinyllama.training.core import setup_model
+
+    std, out_std = tinyllama_init_stds(load_model_config("tinyllama-1.1b"))
+    assert std == pytest.approx(0.01398, abs=5e-6) and out_std == pytest.approx(0.001005, abs=1e-6)  # (0.0010044)
+
+    config = load_model_config("demo")  # d = 128, L = 4: stds 0.0559 and 0.0221, far from 0.02 and from each other
+    std, out_std = tinyllama_init_stds(config)
+    model = setup_model(PretrainArgs(model_config="demo", attn_implementation="sdpa", seed=0))
+    kinds = {"embed_tokens": std, "lm_head": std, "q_proj": std, "k_proj": std, "v_proj": std, "gate_proj": std,
+             "up_proj": std, "o_proj": out_std, "down_proj": out_std}
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            assert torch.equal(p, torch.ones_like(p)), name
+            continue
+        kind = name.split(".")[-2]
+        assert p.mean().abs() < 3 * kinds[kind] / p.numel() ** 0.5 + 1e-4, name
+        assert p.std().item() == pytest.approx(kinds[kind], rel=0.06), (name, p.std().item(), kinds[kind])
+    hf = setup_model(PretrainArgs(model_config="demo", attn_implementation="sdpa", seed=0, init="hf"))
+    assert hf.model.layers[0].mlp.down_proj.weight.std().item() == pytest.approx(0.02, rel=0.06)
+    again = build_model("demo", seed=0)
+    init_weights(again)
+    assert torch.equal(again.model.layers[0].self_attn.o_proj.weight, model.model.layers[0].self_attn.o_proj.weight)

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -49,6 +50,26 @@ def test_export_loads_in_transformers_and_generates(baseline):
     ckpt = load_file(str(baseline[0] / "checkpoints" / "step-000008" / "model.safetensors"))
     assert torch.equal(model.model.embed_tokens.weight, ckpt["model.embed_tokens.weight"])
     assert "README.md" in os.listdir(final) and "slimpajama" in (final / "README.md").read_text()
+
+
+def test_exports_carry_the_sentencepiece_model_that_agrees_with_their_tokenizer(baseline, demo_paths, tmp_path):
+    """Checkpoints, exports and an offline export of a checkpoint keep the tokenizer.model (for llama.cpp/GGUF and
+    lit_gpt), and its SentencePiece ids are the export's AutoTokenizer ids."""
+    from transformers import AutoTokenizer
+
+    from tinyllama.tokenizer import compare_with_sentencepiece
+    from tinyllama.training.checkpoint import export_checkpoint
+
+    run = baseline[0]
+    source = (demo_paths["tokenizer"] / "tokenizer.model").read_bytes()
+    offline = export_checkpoint(run / "checkpoints" / "step-000008", tmp_path / "offline")
+    for folder in (run / "checkpoints" / "step-000008" / "tokenizer", run / "export" / "final", offline):
+        assert (folder / "tokenizer.model").read_bytes() == source, folder
+    final = run / "export" / "final"
+    texts = [json.loads(line)["text"] for line in list(demo_paths["slimpajama"].open())[:30]]
+    texts += ["    indented  code\n\tx = 12345", " leading space", "床前明月光 😀"]
+    result = compare_with_sentencepiece(AutoTokenizer.from_pretrained(final), final / "tokenizer.model", texts)
+    assert result.exact and result.tokens_sentencepiece > 1000, result.summary()
 
 
 def preempted(cfg, run, step: int, monkeypatch) -> dict:
@@ -150,6 +171,77 @@ def test_document_masking_blocks_attention_across_documents():
     torch.testing.assert_close(out1, out2)
     torch.testing.assert_close(out1, alone, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(unmasked, alone, atol=1e-3)
+
+
+def _packed_micro_batch():
+    """A micro-batch as the loader yields it: 3 samples of 12 + 1 tokens; position ids restart at each document
+    start (and at each sample's first token)."""
+    from tinyllama.data.mixture import _position_ids
+
+    starts = [[0, 5], [0, 3, 9], [0]]
+    ids = torch.randint(3, 250, (3, 13), generator=torch.Generator().manual_seed(0))
+    pos = torch.stack([torch.from_numpy(_position_ids(13, np.array(s))) for s in starts])
+    return {"input_ids": ids, "position_ids": pos}, starts
+
+
+def _documents(batch, starts):
+    """(sample, first, end) of every document in the model's inputs (tokens 0..T-1 of each sample)."""
+    T = batch["input_ids"].shape[1] - 1
+    return [(b, s, e) for b, row in enumerate(starts) for s, e in zip(row, row[1:] + [T]) if s < T]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flash_attention_2"])
+def test_document_masking_reaches_the_attention_kernel_at_micro_batch_above_one(attn):
+    """What forward_loss hands the model with document masking at micro batch 3: for flash attention, transformers'
+    own helpers must see packed sequences (``_is_packed_sequence`` looks at batch-1 inputs only) with one
+    sequence per document; and through the same layout every document's logits equal the document run alone.
+    (flash_attention_2 cannot run on CPU: its inputs are captured before the kernel; its logits check runs on
+    sdpa with the flash layout, and in the GPU tier on the kernel itself.)"""
+    from transformers.modeling_flash_attention_utils import (_is_packed_sequence,
+                                                             prepare_fa_kwargs_from_position_ids)
+
+    from tinyllama.model import build_model
+    from tinyllama.training.core import forward_loss
+
+    batch, starts = _packed_micro_batch()
+    docs = _documents(batch, starts)
+    model = build_model("tiny", attn_implementation="eager" if attn == "eager" else "sdpa", seed=0).eval()
+    if attn == "flash_attention_2":
+        model.config._attn_implementation = "flash_attention_2"
+    seen = {}
+
+    def capture(module, args, kwargs):
+        seen.update(kwargs)
+        if attn == "flash_attention_2":
+            raise InterruptedError  # stop before the kernel, which needs CUDA
+
+    handle = model.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        forward_loss(model, batch, True, "cpu")
+    except InterruptedError:
+        pass
+    finally:
+        handle.remove()
+    pos = seen["position_ids"]
+    if attn == "flash_attention_2":
+        assert seen["input_ids"].shape[0] == 1 and _is_packed_sequence(pos, batch_size=seen["input_ids"].shape[0])
+        (cu_q, _), _ = prepare_fa_kwargs_from_position_ids(pos)
+        T = batch["input_ids"].shape[1] - 1
+        assert cu_q.tolist() == [b * T + s for b, s, _ in docs] + [len(starts) * T]
+        model.config._attn_implementation = "sdpa"  # the same flattened inputs through a CPU kernel
+    with torch.no_grad():
+        logits = model(input_ids=seen["input_ids"], position_ids=pos, use_cache=False).logits
+        logits = logits.reshape(len(starts), -1, logits.shape[-1])
+        for b, s, e in docs:
+            alone = model(input_ids=batch["input_ids"][b:b + 1, s:e], use_cache=False).logits[0]
+            torch.testing.assert_close(logits[b, s:e], alone, atol=1e-5, rtol=1e-5)
+    # and the loss is the same mean over the same targets as without flattening
+    model.config._attn_implementation = "sdpa"
+    with torch.no_grad():
+        flat = forward_loss(model, batch, True, "cpu")
+        model.config._attn_implementation = "eager"
+        rows = forward_loss(model, batch, True, "cpu")
+    torch.testing.assert_close(flat, rows, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_config_stops_before_work_with_one_message(tmp_path):

@@ -16,13 +16,14 @@ ZH = REPO / "data" / "demo" / "raw" / "skypile" / "train.jsonl"
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory, demo_paths, demo_tokenizer):
-    """A tiny model folder with the demo tokenizer (what an export looks like)."""
+    """A tiny model folder with the demo tokenizer and its tokenizer.model (what an export looks like)."""
     from tinyllama.model import build_model
+    from tinyllama.tokenizer import save_tokenizer
 
     out = tmp_path_factory.mktemp("vocab") / "base"
     model = build_model("tiny", seed=0)
     model.save_pretrained(out)
-    demo_tokenizer.save_pretrained(out)
+    assert save_tokenizer(demo_tokenizer, out) is not None
     return out
 
 
@@ -72,6 +73,13 @@ def test_extend_vocab_mean_rows_shorter_tokenization_and_usable_as_init_from(bas
     assert after == before - 2 * sum(t.count(c) for t in texts for c in new)  # 3 byte tokens -> 1 token each
     assert coverage(tok, texts)["byte_fallback_tokens"] < coverage(demo_tokenizer, texts)["byte_fallback_tokens"]
     assert tok.decode(tok(texts[0])["input_ids"], skip_special_tokens=True) == texts[0]  # still round-trips
+    # the tokenizer.model is extended with the same pieces: SentencePiece (llama.cpp, lit_gpt) gives the same ids
+    from tinyllama.tokenizer import compare_with_sentencepiece, load_proto, sentencepiece_processor
+
+    assert [p.piece for p in load_proto(out / "tokenizer.model").pieces[4096:]] == new
+    result = compare_with_sentencepiece(tok, out / "tokenizer.model", texts)
+    assert result.exact and result.tokens_sentencepiece == after - len(texts), result.summary()
+    assert sentencepiece_processor(base_model / "tokenizer.model").encode(new[0]) != [4096]  # the old one: bytes
 
     model = AutoModelForCausalLM.from_pretrained(out)
     ids = tok(new[0] + new[1], return_tensors="pt")["input_ids"]

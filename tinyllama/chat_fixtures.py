@@ -122,12 +122,13 @@ def build_base_model(out: str | Path, model_config: str = "demo", seed: int = 0)
 
     from .demo import build_demo
     from .model import build_model
+    from .tokenizer import save_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(build_demo()["tokenizer"]))
     model = build_model(model_config, attn_implementation="sdpa", seed=seed)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)  # with tokenizer.model, as TinyLlama's Hub folders have
     return Path(out)
 
 

@@ -147,6 +147,15 @@ def coerce(value: Any, tp: Any) -> Any:
             except _Mismatch:
                 continue
         raise _Mismatch(" or ".join(_type_name(a) for a in args if a is not type(None)))
+    if isinstance(value, bool) and (tp is str or origin is typing.Literal and bool not in map(type, args)
+                                    or isinstance(tp, type) and issubclass(tp, enum.Enum)):
+        # YAML 1.1 reads an unquoted no/yes/off/on as a boolean (in a file and in ``--key value`` alike): for a
+        # string or choice field, the word was meant
+        for word in (("no", "false", "off") if value is False else ("yes", "true", "on")):
+            try:
+                return coerce(word, tp)
+            except _Mismatch:
+                continue
     if origin is typing.Literal:
         if value in args:
             return value
@@ -167,13 +176,6 @@ def coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, dict):
             return value
         raise _Mismatch("a mapping")
-    if isinstance(value, bool) and (tp is str or isinstance(tp, type) and issubclass(tp, enum.Enum)):
-        # YAML 1.1 reads an unquoted no/yes/off/on as a boolean: for a string or choice field, the word was meant
-        for word in (("no", "false", "off") if value is False else ("yes", "true", "on")):
-            try:
-                return coerce(word, tp)
-            except _Mismatch:
-                continue
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)

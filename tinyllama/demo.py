@@ -11,23 +11,24 @@ real preparation code reads it unchanged:
 | ``raw/proof-pile-2/train.jsonl``       | EleutherAI/proof-pile-2     | generated arithmetic and algebra            |
 | ``raw/skypile/train.jsonl``            | Skywork/SkyPile-150B        | public-domain Chinese texts + generated     |
 
-The tokenizer is a byte-fallback BPE trained on that corpus with the ``tokenizers`` library, Llama-style
-(``<unk>``=0, ``<s>``=1, ``</s>``=2, ``▁`` for spaces, BOS added on encode), saved as a normal
-``PreTrainedTokenizerFast`` folder. Real recipes name the Llama-2 tokenizer on the Hub instead.
+The tokenizer is trained like Llama-2's: a SentencePiece byte-fallback BPE model (``<unk>``=0, ``<s>``=1, ``</s>``=2,
+``▁`` for spaces) with Llama-2's trainer settings, then converted to a fast tokenizer that gives the same ids
+(tinyllama/tokenizer.py); the folder holds both, ``tokenizer.model`` and ``tokenizer.json``, like a Llama-2 folder.
+Real recipes name the Llama-2 tokenizer on the Hub instead.
 
 ``python scripts/build_demo.py [--out data/demo]`` builds it (deterministic; a rerun reuses what exists).
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import random
+import shutil
 import sysconfig
 from pathlib import Path
 
-from .utils import atomic_dir, atomic_write_text, repo_root
+from .utils import atomic_write_text, repo_root
 
 log = logging.getLogger(__name__)
 
@@ -167,57 +168,36 @@ def corpus_texts(paths: dict[str, Path]):
     yield from pq.read_table(paths["starcoderdata"], columns=["content"]).column("content").to_pylist()
 
 
-def train_tokenizer(texts, out_dir: Path, vocab_size: int = DEMO_VOCAB_SIZE, alphabet_size: int = 400) -> Path:
-    """Train a Llama-style byte-fallback BPE tokenizer and save it as a ``PreTrainedTokenizerFast`` folder."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def train_tokenizer(texts, out_dir: Path, vocab_size: int = DEMO_VOCAB_SIZE) -> Path:
+    """Train a SentencePiece BPE model with Llama-2's trainer settings and save it, with its SentencePiece-exact fast
+    tokenizer (:func:`tinyllama.tokenizer.save_tokenizer_folder`), as a tokenizer folder.
 
-    specials = ["<unk>", "<s>", "</s>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    # Like Llama-2's tokenizer.json: spaces become "▁" (prepended once), digits split, bytes as <0xNN>.
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("▁", behavior="merged_with_next"),
-        pre_tokenizers.Digits(individual_digits=True),
-    ])
-    tok.decoder = decoders.Sequence([
-        decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
-    ])
-    # The trainer breaks ties between equally frequent characters by hash order; choosing the alphabet here
-    # (most frequent first, then by code point) keeps the build reproducible. Rarer characters use byte fallback.
-    texts = list(texts)
-    counts = collections.Counter()
-    for t in texts:
-        counts.update(t.replace(" ", "▁"))
-    alphabet = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:alphabet_size]]
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - 256, special_tokens=specials, show_progress=False,
-        initial_alphabet=alphabet, limit_alphabet=len(alphabet),
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    # Llama's layout: specials at 0-2, the 256 byte-fallback tokens <0x00>..<0xFF> at 3-258 (ordinary vocabulary,
-    # not special tokens, so decoding keeps them), then the learned merges.
-    trained = json.loads(tok.to_str())["model"]
-    vocab = {t: i for i, t in enumerate(specials)}
-    vocab.update({f"<0x{b:02X}>": len(specials) + b for b in range(256)})
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
-    # The trainer orders its alphabet by a hash map; sorting it (then merges in merge order) makes ids reproducible.
-    merged = [a + b for a, b in merges]
-    alphabet = sorted(set(trained["vocab"]) - set(merged) - set(specials))
-    for token in alphabet + merged:
-        vocab.setdefault(token, len(vocab))
-    tok.model = models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
-    tok.add_special_tokens(specials)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        model_max_length=2048, clean_up_tokenization_spaces=False,
-    )
-    with atomic_dir(out_dir) as tmp:
-        fast.save_pretrained(tmp)
-    return out_dir
+    The settings are those in the ``trainer_spec`` of Llama-2's ``tokenizer.model``: BPE, byte fallback, digits
+    split, identity normalization, a dummy prefix, whitespace-only pieces allowed, spaces kept as they are,
+    ``<unk>``/``<s>``/``</s>`` = 0/1/2, no pad. SentencePiece trains on sentences: the texts' non-blank lines (Llama-2's
+    vocabulary has no newline piece either: '\n' is the byte token <0x0A>). One thread and no sampling keep the
+    model byte-identical on a rebuild (two threads gave another model).
+    """
+    import io
+    import tempfile
+
+    import sentencepiece as spm
+
+    from .tokenizer import save_tokenizer_folder
+
+    lines = [line for t in texts for line in t.split("\n") if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, split_digits=True, normalization_rule_name="identity", add_dummy_prefix=True,
+        allow_whitespace_only_pieces=True, remove_extra_whitespaces=False, character_coverage=0.99995,
+        max_sentencepiece_length=16, split_by_unicode_script=True, split_by_whitespace=True, split_by_number=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
+        max_sentence_length=16384, minloglevel=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = Path(tmp) / "tokenizer.model"
+        model_file.write_bytes(model.getvalue())
+        return save_tokenizer_folder(model_file, out_dir, model_max_length=2048)
 
 
 def build_demo(out: str | Path = DEMO_DIR) -> dict[str, Path]:
@@ -225,7 +205,14 @@ def build_demo(out: str | Path = DEMO_DIR) -> dict[str, Path]:
     out = Path(out)
     paths = build_corpus(out)
     tokenizer_dir = out / "tokenizer"
-    if not (tokenizer_dir / "tokenizer.json").exists():
+    if (tokenizer_dir / "tokenizer.json").exists() and not (tokenizer_dir / "tokenizer.model").exists():
+        # a demo folder from before the demo tokenizer was SentencePiece-trained: train it again, and drop what was
+        # built with the old one (preparation would refuse shards of another tokenizer; the chat base model)
+        for stale in (out / "tokenized", out / "chat" / "base"):
+            if stale.exists():
+                log.warning("removing %s: built with the previous demo tokenizer (rebuilt on first use)", stale)
+                shutil.rmtree(stale)
+    if not all((tokenizer_dir / name).exists() for name in ("tokenizer.json", "tokenizer.model")):
         log.info("training the demo tokenizer (vocab %d) on %s", DEMO_VOCAB_SIZE, out / "raw")
         train_tokenizer(corpus_texts(paths), tokenizer_dir)
     return {**paths, "tokenizer": tokenizer_dir}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -126,6 +127,53 @@ def build_model(
     return AutoModelForCausalLM.from_config(
         model_config, attn_implementation=attn, dtype=torch_dtype, trust_remote_code=trust_remote_code
     )
+
+
+INIT_CHOICES = ("tinyllama", "hf")
+OUTPUT_PROJECTIONS = ("o_proj", "down_proj")  # lit_gpt's attention `proj` and MLP `proj`
+
+
+def tinyllama_init_stds(config) -> tuple[float, float]:
+    """(std of every embedding and linear weight, std of the attention and MLP output projections) of TinyLlama's
+    initialisation: lit_gpt's ``_init_weights`` as its pretrain/tinyllama.py applies it (docs/reference.md,
+    "Initialisation"): N(0, sqrt(2 / (5 d))) and N(0, 1 / sqrt(d) / L); 0.01398 and 0.001005 for the 1.1B model."""
+    d, n_layers = config.hidden_size, config.num_hidden_layers
+    return math.sqrt(2.0 / (5 * d)), 1.0 / math.sqrt(d) / n_layers
+
+
+@torch.no_grad()
+def init_weights(model, scheme: str = "tinyllama") -> None:
+    """Re-draw a freshly built model's weights with ``scheme``: ``tinyllama`` (above; RMSNorm weights 1, biases 0)
+    or ``hf`` (transformers' own N(0, initializer_range) everywhere, already drawn by ``from_config``: nothing to do).
+
+    Written here because transformers has no switch for it. Works on weights partitioned by DeepSpeed ZeRO-3's
+    zero.Init too: each module's weights are gathered, drawn on rank 0 and scattered back."""
+    if scheme not in INIT_CHOICES:
+        raise ValueError(f"init must be one of {INIT_CHOICES}, got {scheme!r}")
+    if scheme == "hf":
+        return
+    std, out_std = tinyllama_init_stds(model.config)
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            with _gathered(module):
+                module.weight.normal_(0.0, out_std if name.endswith(OUTPUT_PROJECTIONS) else std)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+        elif type(module).__name__.endswith("RMSNorm"):
+            with _gathered(module):
+                module.weight.fill_(1.0)
+
+
+def _gathered(module):
+    """A context that gives rank 0 the whole weights of a ZeRO-3-partitioned module (a no-op otherwise)."""
+    import contextlib
+
+    params = [p for p in module.parameters(recurse=False) if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
 ARCHITECTURE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -10,6 +10,8 @@ compute and quality. TinyLlama's maintainers advised extending the vocabulary fo
 - :func:`extend_vocab`: add the most frequent byte-fallback characters of a sample as new tokens (entries of the BPE
   vocabulary, so they tokenize like every other character), resize the input embeddings and ``lm_head``, set every
   new row to the mean of the existing rows, and save model + tokenizer as one folder that ``init_from`` accepts.
+  When the source folder has a ``tokenizer.model``, the same characters are appended to it as pieces with the same
+  ids (checked), so SentencePiece-based runtimes (llama.cpp's GGUF conversion, lit_gpt) still tokenize alike.
 
 After extending, prepare the data again with the new tokenizer (scripts/prepare_data.py --tokenizer <folder>), since
 shards written with the old one never contain the new ids.
@@ -128,12 +130,17 @@ def _added_tokenizer(tokenizer, new_tokens: Sequence[str], out_dir: Path):
     for t in new_tokens:
         vocab[t] = ids[t] = next_id
         next_id += 1
+    from .tokenizer import SENTENCEPIECE_FILE, extend_sentencepiece_model, sentencepiece_file_of
+
+    source_model = sentencepiece_file_of(tokenizer)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
-    stale = out_dir / "tokenizer.model"  # a sentencepiece model would still hold the old vocabulary
+    stale = out_dir / SENTENCEPIECE_FILE  # a sentencepiece model would still hold the old vocabulary
     if stale.exists():
         stale.unlink()
     reloaded = AutoTokenizer.from_pretrained(str(out_dir))
+    if source_model is not None:  # the same pieces appended to it, so that it still gives tokenizer.json's ids
+        extend_sentencepiece_model(source_model, list(new_tokens), reloaded, out_dir / SENTENCEPIECE_FILE)
     wrong = [t for t in new_tokens if reloaded.convert_tokens_to_ids(t) != ids[t]
              or reloaded.tokenize("a" + t)[-1] != t]
     if wrong or len(reloaded) != len(tokenizer) + len(new_tokens):

@@ -21,7 +21,8 @@ MARKER = "pipeline_stage.json"
 # Keys of a pretraining config that do not change the weights a stage produces: a difference in them alone does not
 # make a finished stage stale (everything else does).
 OPERATIONAL_KEYS = {"run_name", "report_to", "num_workers", "log_every", "eval_every", "eval_batches", "eval_suite",
-                    "eval_limit", "save_every", "keep_last", "export", "export_initial", "resume", "prepare_config",
+                    "eval_limit", "eval_data_dir", "save_every", "keep_last", "export", "export_initial", "resume",
+                    "prepare_config",
                     "peak_flops", "push_to_hub", "hub_model_id", "hub_private", "hub_revision",
                     "hub_upload_retries"}
 

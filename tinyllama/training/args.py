@@ -40,6 +40,9 @@ class PretrainArgs:
     export_initial: bool = field(default=False, metadata=_help(
         "export the weights this run starts from to export/initial before the first update (to check what "
         "init_from loaded; not on resume)"))
+    init: Literal["tinyllama", "hf"] = field(default="tinyllama", metadata=_help(
+        "weights of a from-scratch run: tinyllama (lit_gpt's init as TinyLlama used it: N(0, sqrt(2/(5d))), output "
+        "projections N(0, 1/sqrt(d)/L)) or hf (transformers' N(0, 0.02) everywhere); ignored with init_from"))
     tokenizer: str = field(default="data/demo/tokenizer", metadata=_help("tokenizer folder or Hub id"))
     attn_implementation: str = field(default="auto", metadata=_help(
         "auto | flash_attention_2 | sdpa | eager | flex_attention (flash_attention_2 falls back to sdpa, "
@@ -111,6 +114,9 @@ class PretrainArgs:
     eval_suite: Optional[str] = field(default=None, metadata=_help(
         "an lm-eval suite (evaluation/suites) run on each export, logged beside the loss"))
     eval_limit: Optional[int] = field(default=None, metadata=_help("lm-eval --limit for eval_suite"))
+    eval_data_dir: Optional[str] = field(default=None, metadata=_help(
+        "local copies of the suite's data sets for eval_suite (offline; default: the EVAL_DATA_DIR environment "
+        "variable, read once at start, as evaluation/run_lm_eval.sh reads it)"))
 
     # ---- Hub ----------------------------------------------------------------------------------------------------
     push_to_hub: bool = field(default=False, metadata=_help("upload exports to the Hub in the background"))

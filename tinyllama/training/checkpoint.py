@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..tokenizer import save_tokenizer
 from ..utils import TMP_PREFIX, _fsync_dir, atomic_dir, atomic_write_text, fsync_tree
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def export_model(accelerator, model, tokenizer, out_dir: Path, metadata: dict, m
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         with atomic_dir(out_dir) as tmp:
             unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)  # with its tokenizer.model
             atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=2))
             if model_card:
                 atomic_write_text(tmp / "README.md", model_card)
@@ -232,7 +233,7 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path, tokenizer=None) -> Pa
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
         elif (checkpoint_dir / "tokenizer").is_dir():
             for f in (checkpoint_dir / "tokenizer").iterdir():
                 shutil.copy2(f, tmp / f.name)

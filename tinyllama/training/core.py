@@ -1,15 +1,17 @@
 """The pieces of a training step that the recipe and the benchmarks share (so a benchmark measures what training
-runs): the Accelerator, the model with its options, and the loss of one micro-batch."""
+runs): the Accelerator, the model with its options, the loss of one micro-batch and one optimizer step."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
+from dataclasses import dataclass
 
 import torch
 
-from ..model import build_model, load_model_config
+from ..model import build_model, init_weights, load_model_config
 from .checkpoint import STATE_FILE, checkpoint_state_dict
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,8 @@ def setup_model(args):
         model = build_model(args.model_config, init_from=args.init_from, attn_implementation=args.attn_implementation,
                             trust_remote_code=args.trust_remote_code, seed=args.seed,
                             dtype=torch.float32 if args.init_from else None)
+        if not args.init_from:  # from scratch: TinyLlama's initialisation unless the config says otherwise
+            init_weights(model, args.init)
     model.config.use_cache = False
     if args.use_liger_kernel:
         if importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available():
@@ -123,18 +127,96 @@ def setup_model(args):
     return model
 
 
-def forward_loss(model, batch: dict, document_masking: bool, device) -> torch.Tensor:
-    """Mean next-token loss of one micro-batch of ``seq_len + 1``-token samples.
+def uses_varlen_attention(model) -> bool:
+    """Whether the model's attention kernel is a flash-attention one (flash_attention_2/3, hub kernels).
 
-    Inputs are tokens 0..T-1 and targets 1..T (TinyLlama's layout). With document masking the position ids restart
-    at each document, which transformers turns into a block-diagonal causal mask (sdpa, flex) or varlen
-    flash-attention, so no token attends across a document boundary. The model's own loss function is used
-    (``shift_labels``: targets are already aligned), so Liger's fused linear cross-entropy can replace it.
+    transformers treats position ids as packed sequences in those kernels only when the batch has ONE row
+    (``_is_packed_sequence`` in modeling_flash_attention_utils returns False for batch_size != 1), while its
+    sdpa/eager/flex masks read packed position ids row by row (``find_packed_sequence_indices`` in masking_utils)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    config = getattr(extract_model_from_parallel(model), "config", None)
+    return "flash" in str(getattr(config, "_attn_implementation", ""))
+
+
+def model_inputs(batch: dict, document_masking: bool, device, varlen: bool = False) -> dict:
+    """What one micro-batch of ``seq_len + 1``-token samples hands the model.
+
+    Inputs are tokens 0..T-1 and targets 1..T (TinyLlama's layout), passed as ``shift_labels`` (already aligned),
+    so the model's own loss function is used and Liger's fused linear cross-entropy can replace it. With document
+    masking the position ids restart at each document (and at each sample); transformers turns them into a
+    block-diagonal causal mask (sdpa, eager, flex) or varlen flash attention, so no token attends across a document
+    boundary. For a flash-attention kernel (``varlen``) the micro-batch is flattened into one row of B*T tokens:
+    only then does transformers see the packing (each sample starts at position 0, so sample boundaries are
+    boundaries too). The loss is the same mean over the same B*T targets either way.
     """
     ids = batch["input_ids"].to(device, non_blocking=True)
     inputs, targets = ids[:, :-1], ids[:, 1:].contiguous()
-    kwargs = {}
+    kwargs = {"input_ids": inputs, "labels": targets, "shift_labels": targets, "use_cache": False}
     if document_masking:
         kwargs["position_ids"] = batch["position_ids"][:, :-1].to(device, non_blocking=True)
-    out = model(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False, **kwargs)
-    return out.loss
+        if varlen:
+            for key in ("input_ids", "labels", "shift_labels", "position_ids"):
+                kwargs[key] = kwargs[key].reshape(1, -1)
+    return kwargs
+
+
+def forward_loss(model, batch: dict, document_masking: bool, device) -> torch.Tensor:
+    """Mean next-token loss of one micro-batch (see ``model_inputs`` for what the model is handed)."""
+    varlen = document_masking and uses_varlen_attention(model)
+    return model(**model_inputs(batch, document_masking, device, varlen)).loss
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # mean loss over the step's micro-batches, on the device (no sync); 0 when skipped
+    grad_norm: torch.Tensor | float | None  # before clipping; None when the step was skipped before the backward
+    skipped: bool  # a non-finite loss or gradient: no update was made (the step's data is consumed anyway)
+
+
+def train_step(model, optimizer, accelerator, batches, accum: int, document_masking: bool, max_grad_norm: float,
+               source_counts: torch.Tensor, poison_loss: bool = False) -> StepResult:
+    """One optimizer step over ``accum`` micro-batches, with the same decision on every rank.
+
+    A non-finite loss on any rank skips the update (the step's remaining micro-batches are read, so the data
+    position stays a function of the step, and not trained on); so does a non-finite gradient norm. DeepSpeed
+    updates the weights inside the last micro-batch's backward, so there the decision is taken before that backward
+    (one all-reduce per step); elsewhere it is taken after the backward, before ``optimizer.step()``.
+    ``source_counts`` (on the host) counts the samples read, by source. ``poison_loss``: fault injection for the
+    tests (this step's loss becomes NaN).
+    """
+    deepspeed = is_deepspeed(accelerator)
+    device = accelerator.device
+    accelerator.step = 0  # micro-step counter of accumulate(): sync on the last micro-batch of this step
+    nonfinite = torch.zeros((), device=device)
+    step_loss = torch.zeros((), device=device)
+    skipped, grad_norm = False, None
+    for micro in range(accum):
+        batch = next(batches)
+        source_counts += torch.bincount(batch["source"], minlength=len(source_counts))
+        if skipped:
+            continue  # the rest of a skipped step: its data is consumed, not trained on
+        with accelerator.accumulate(model):
+            loss = forward_loss(model, batch, document_masking, device)
+            if poison_loss:
+                loss = loss * float("nan")
+            nonfinite += ~torch.isfinite(loss.detach())
+            if micro == accum - 1 and deepspeed:  # DeepSpeed steps inside this backward: decide before it
+                skipped = accelerator.reduce(nonfinite, "sum").item() > 0
+                if skipped:
+                    model.optimizer.zero_grad()
+                    continue
+            accelerator.backward(loss)
+            step_loss += loss.detach() / accum
+    if deepspeed:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if not skipped else None
+        skipped = skipped or grad_norm is None or not math.isfinite(float(grad_norm))
+    else:
+        skipped = accelerator.reduce(nonfinite, "sum").item() > 0
+        if not skipped:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+            skipped = not torch.isfinite(grad_norm).item()
+        if not skipped:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return StepResult(step_loss, grad_norm, skipped)

@@ -1,0 +1,91 @@
+"""scripts/slurm/pretrain.sbatch under stand-in srun, scontrol and accelerate: Slurm's pre-timeout USR1 reaches the
+batch shell only; the script must forward it to every trainer process on every node, and the launchers between
+them must survive it (USR1's default action would kill a launcher and, with it, its trainers)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NODES, WORKERS = 2, 2
+
+SRUN = """\
+import os, subprocess, sys
+args = sys.argv[1:]
+while args and args[0].startswith("--"):  # srun's own options
+    args.pop(0)
+if "--overlap" in sys.argv:  # a command run on each node, beside the job step (all nodes are this machine)
+    sys.exit(subprocess.call(args))
+procs = [subprocess.Popen(args, env={**os.environ, "SLURM_NODEID": str(n)}) for n in range(int(os.environ["SLURM_NNODES"]))]
+sys.exit(max(p.wait() for p in procs))
+"""
+SCONTROL = 'print("\\n".join(f"node{n}" for n in range(2)))\n'
+ACCELERATE = """\
+import os, subprocess, sys
+args = sys.argv[1:]
+script = next(i for i, a in enumerate(args) if a.endswith("recipes/pretrain.py"))
+node = os.environ["SLURM_NODEID"]
+# as torch.distributed.run starts workers: `python -u recipes/pretrain.py ...`, run from a folder whose
+# recipes/pretrain.py is the stand-in trainer (same command line, nothing heavy)
+procs = [subprocess.Popen([sys.executable, "-u", *args[script:]], cwd=os.environ["STANDIN_ROOT"],
+                          env={**os.environ, "RANK": f"{node}-{r}"}) for r in range(int(os.environ["WORKERS"]))]
+codes = [p.wait() for p in procs]
+open(os.path.join(os.environ["OUT"], f"launcher-{node}"), "w").write(" ".join(map(str, codes)))
+sys.exit(max(codes))
+"""
+TRAINER = """\
+import os, signal, sys, time
+from pathlib import Path
+out, rank = Path(os.environ["OUT"]), os.environ["RANK"]
+stop = []
+for sig in (signal.SIGTERM, signal.SIGUSR1):  # as recipes/pretrain.py's StopRequested
+    signal.signal(sig, lambda signum, frame: stop.append(signum))
+(out / f"ready-{rank}").write_text(" ".join(sys.argv[1:]))
+deadline = time.time() + 60
+while not stop and time.time() < deadline:
+    time.sleep(0.05)
+(out / f"{'stopped' if stop else 'timeout'}-{rank}").write_text(str(stop))
+"""
+
+
+def write_bin(folder: Path) -> None:
+    folder.mkdir()
+    for name, body in (("srun", SRUN), ("scontrol", SCONTROL), ("accelerate", ACCELERATE)):
+        path = folder / name
+        path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+        path.chmod(0o755)
+
+
+def test_preemption_signal_reaches_every_trainer_and_the_launchers_survive(tmp_path):
+    write_bin(tmp_path / "bin")
+    (tmp_path / "standin" / "recipes").mkdir(parents=True)
+    (tmp_path / "standin" / "recipes" / "pretrain.py").write_text(TRAINER)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node[0-1]",
+           "SLURM_NNODES": str(NODES), "GPUS_PER_NODE": str(WORKERS), "WORKERS": str(WORKERS), "OUT": str(out),
+           "STANDIN_ROOT": str(tmp_path / "standin")}
+    job = subprocess.Popen(["bash", "scripts/slurm/pretrain.sbatch", "configs/pretrain/demo.yaml", "--max_steps",
+                            "9"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    ranks = [f"{n}-{r}" for n in range(NODES) for r in range(WORKERS)]
+    try:
+        deadline = time.time() + 60
+        while not all((out / f"ready-{r}").exists() for r in ranks) and time.time() < deadline:
+            time.sleep(0.1)
+        assert all((out / f"ready-{r}").exists() for r in ranks), sorted(p.name for p in out.iterdir())
+        assert (out / "ready-0-0").read_text().startswith(
+            "--config configs/pretrain/demo.yaml --resume auto --max_steps 9")
+        job.send_signal(signal.SIGUSR1)  # what Slurm does 300 s before the time limit (--signal=B:USR1@300)
+        _, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+        subprocess.run(["pkill", "-f", "--", "-u recipes/pretrain.py --config configs/pretrain/demo.yaml"])
+    assert sorted(p.name for p in out.glob("stopped-*")) == [f"stopped-{r}" for r in ranks], err
+    assert all((out / f"stopped-{r}").read_text() == f"[{int(signal.SIGUSR1)}]" for r in ranks)
+    assert [(out / f"launcher-{n}").read_text() for n in range(NODES)] == ["0 0"] * NODES  # launchers survived
+    assert job.returncode == 0 and "USR1: asking every trainer to save a checkpoint and exit" in err

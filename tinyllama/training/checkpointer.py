@@ -1,0 +1,108 @@
+"""Everything the pretraining recipe does at a checkpoint step, in one object: the training state (for resume),
+the model folder (export, ``export/final``), the background Hub upload and the lm-eval suite on the export.
+
+Every rank calls ``save``; only the main process writes exports, uploads and evaluates (the others wait at the
+barrier that ends ``save``). The layout is described in :mod:`tinyllama.training.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..tokenizer import save_tokenizer
+from .checkpoint import (TrainState, clean_stale_tmp, export_model, find_resume_checkpoint, load_checkpoint,
+                         point_final, rotate_exports, save_checkpoint, step_name)
+from .hub import HubUploader, model_card
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    def __init__(self, accelerator, args, model, tokenizer, run_dir: Path, n_params: int, metrics):
+        self.accelerator, self.args, self.model, self.tokenizer = accelerator, args, model, tokenizer
+        self.n_params, self.metrics = n_params, metrics
+        self.ckpt_root, self.export_root = Path(run_dir) / "checkpoints", Path(run_dir) / "export"
+        self.eval_dir = Path(run_dir) / "eval"
+        main = accelerator.is_main_process
+        if main:  # leftovers of a killed write; before any rank writes a new one
+            clean_stale_tmp(self.ckpt_root)
+            clean_stale_tmp(self.export_root)
+        self.uploader = HubUploader(args.hub_model_id, args.hub_private, args.hub_revision,
+                                    args.hub_upload_retries) if args.push_to_hub and main else None
+
+    def resume_or_init(self) -> TrainState:
+        """The state of this run's newest checkpoint (``resume``), or a fresh one; with ``init_from`` a checkpoint
+        folder and ``init_optimizer``, that run's model, optimizer and RNG come along (the model weights of any
+        other ``init_from`` were loaded when the model was built)."""
+        args, accelerator = self.args, self.accelerator
+        resume_from = find_resume_checkpoint(args.resume, self.ckpt_root)
+        if resume_from is not None:
+            state = load_checkpoint(accelerator, resume_from)
+            log.info("resumed from %s: step %d, %d samples, %d tokens", resume_from, state.step, state.samples,
+                     state.tokens)
+            return state
+        if args.init_from:
+            if args.init_optimizer:  # same topology as the source run: model, optimizer and RNG state come along
+                accelerator.load_state(args.init_from)
+                for optimizer in accelerator._optimizers:  # this stage's weight decay, not the previous stage's
+                    for group in optimizer.param_groups:
+                        if group["weight_decay"] > 0:  # (a no-decay group stays at 0)
+                            group["weight_decay"] = args.weight_decay
+            log.info("initialised from %s (%s optimizer)", args.init_from, "its" if args.init_optimizer else "a fresh")
+        return TrainState()
+
+    def metadata(self, state: TrainState) -> dict:
+        a = self.args
+        return {"step": state.step, "tokens_seen": state.tokens, "samples": state.samples, "stage": a.stage,
+                "run_name": a.run_name, "mixture": a.mixture, "init_from": a.init_from}
+
+    def export_initial(self, state: TrainState) -> None:
+        """The weights this run starts from, before any update (to check what init_from loaded)."""
+        export_model(self.accelerator, self.model, self.tokenizer, self.export_root / "initial", self.metadata(state))
+
+    def save(self, state: TrainState, final: bool = False) -> None:
+        accelerator, args = self.accelerator, self.args
+        path = save_checkpoint(accelerator, self.ckpt_root, state, accelerator.unwrap_model(self.model).config,
+                               args.keep_last)
+        if accelerator.is_main_process:
+            save_tokenizer(self.tokenizer, path / "tokenizer")  # with its tokenizer.model
+        if args.export or final:
+            meta = self.metadata(state)
+            out = export_model(accelerator, self.model, self.tokenizer, self.export_root / step_name(state.step),
+                               meta, model_card(args, meta, self.n_params))
+            if accelerator.is_main_process:
+                if final:
+                    point_final(self.export_root, out)
+                if self.uploader:
+                    self.uploader.submit(out, f"step {state.step}: {state.tokens:,} tokens")
+                if args.eval_suite:
+                    self.evaluate(out, state.step)
+                rotate_exports(self.export_root, args.keep_last,
+                               protect=self.uploader.pending if self.uploader else set())
+        accelerator.wait_for_everyone()
+
+    def evaluate(self, out: Path, step: int) -> None:
+        """lm-eval on the export, logged beside the loss. Blocking (the other ranks wait at the next barrier): for
+        long suites on big runs, run evaluation/run_lm_eval.sh on the exports as a separate job instead."""
+        from ..evaluation import run_suite
+
+        args = self.args
+        try:
+            results = run_suite(out, args.eval_suite, self.eval_dir, limit=args.eval_limit,
+                                data_dir=args.eval_data_dir)
+        except Exception as e:  # an evaluation problem is reported, it never stops training
+            log.error("eval_suite %s on %s failed: %s", args.eval_suite, out.name, e)
+            return
+        self.metrics.log({f"eval/{task}/{metric}": value for task, m in results.items() for metric, value in m.items()
+                          if isinstance(value, (int, float))}, step)
+
+    def close(self) -> dict:
+        """Let queued uploads finish (bounded); their counts for the summary."""
+        if not self.uploader:
+            return {}
+        self.uploader.close()
+        return self.uploader.stats()
+
+    def stats(self) -> dict:
+        return self.uploader.stats() if self.uploader else {}
