@@ -1,14 +1,15 @@
 # Two commands on a fresh machine with Python 3.11 and a C compiler:
 #   make demo   venv, install, then the embedded demo pipeline (CPU, no network; scripts/pipeline.py)
-#   make test   venv, install, then the test suite (CPU, no network)
+#   make test   venv, install, then the test suite (CPU, no network; two worker processes)
 #   make test-gguf   llama-cpp-python built from source (cached outside the repo), then the llama.cpp checks
+# make test-fast: the inner loop, without the tests marked slow (end-to-end runs, launched processes)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo test test-gguf test-all faults test-gpu clean
+.PHONY: install demo test test-fast test-gguf test-gpu faults clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +25,13 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) scripts/pipeline.py $(DEMO_ARGS)
 
+# -n 2: two pytest-xdist workers (most tests wait on a launched process or a tiny model: one core each);
+# --dist loadfile keeps a file's tests, and their module fixtures, on one worker.
 test: install
-	$(PY) -m pytest -q -x --durations=15 -m "not llama_cpp"
+	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=15 -m "not llama_cpp"
+
+test-fast: install
+	$(PY) -m pytest -q -x -n 2 --dist loadfile -m "not slow and not faults_full and not llama_cpp" --durations=10
 
 # GGUF exports checked by llama.cpp itself (docs/use.md): builds llama-cpp-python once per version and CMAKE_ARGS
 # (scripts/llama_cpp.sh; ~10 min on 2 cores, then cached in ~/.cache/tinyllama-wheels), installs it into the venv,

@@ -23,9 +23,7 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tinyllama.evaluation import (  # noqa: E402
+from tinyllama.evaluation import (
     DEFAULT_OUT,
     PERPLEXITY_RESULTS_FILE,
     RUN_INFO_FILE,
@@ -37,7 +35,7 @@ from tinyllama.evaluation import (  # noqa: E402
     pick_metric,
     read_training_metadata,
 )
-from tinyllama.utils import atomic_write_text, entry_point, setup_logging  # noqa: E402
+from tinyllama.utils import atomic_write_text, entry_point, setup_logging
 
 
 @dataclasses.dataclass

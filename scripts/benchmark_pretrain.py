@@ -219,8 +219,11 @@ def bare_loop(a, cfg) -> float:
 
 def recipe_loop(a) -> tuple[float, object]:
     """The recipe, in-process, logging every step; step time from its own tokens/s log rows."""
-    sys.path.insert(0, str(REPO / "recipes"))
-    import pretrain
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain", REPO / "recipes" / "pretrain.py")  # not a package
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
 
     from tinyllama.config import parse_config
     from tinyllama.training.args import DEMO_CONFIG, PretrainArgs

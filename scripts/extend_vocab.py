@@ -19,9 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tinyllama.utils import entry_point, setup_logging  # noqa: E402
+from tinyllama.utils import entry_point, setup_logging
 
 
 @entry_point

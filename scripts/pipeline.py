@@ -9,7 +9,7 @@ Each stage reads the previous one's output (export/final); finished stages are s
 resumes from its own last checkpoint; a stage whose config or input changed is reported and nothing runs until it is
 restored or retrained (--rerun STAGE: that stage and every later one). At the end a table (stage, tokens, final
 loss, time, folder) is printed and written to <root>/pipeline-<variant>.{md,json}, with a plot of learning rate,
-batch size and source shares over the whole chain beside it (.png). See tinyllama/pipeline.py and docs/stages.md.
+batch size and source shares over the whole chain beside it (.png). See tinyllama/pipeline/ and docs/stages.md.
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tinyllama.pipeline import REPO, StageFailed, run_pipeline  # noqa: E402
-from tinyllama.utils import entry_point  # noqa: E402
+from tinyllama.pipeline import REPO, StageFailed, run_pipeline
+from tinyllama.utils import entry_point
 
 DEMO_PIPELINE = REPO / "configs" / "pipeline" / "demo.yaml"
 

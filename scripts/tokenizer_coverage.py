@@ -16,9 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tinyllama.utils import entry_point  # noqa: E402
+from tinyllama.utils import entry_point
 
 
 @entry_point

@@ -39,9 +39,31 @@ def pytest_collection_modifyitems(config, items):
 def demo_paths():
     """The embedded demo corpus and tokenizer, built once per session into the repo's data/demo (a cache:
     the build is deterministic, and recipes' demo configs read the same folder)."""
+    from filelock import FileLock
+
     from tinyllama.demo import build_demo
 
-    return build_demo()
+    (REPO / "data").mkdir(exist_ok=True)
+    with FileLock(str(REPO / "data" / ".demo.lock")):  # parallel workers (make test: pytest -n 2) build it once
+        return build_demo()
+
+
+@pytest.fixture(scope="session", autouse=bool(os.environ.get("PYTEST_XDIST_WORKER")))
+def demo_tokenized(demo_paths):
+    """With parallel workers, data/demo/tokenized (which the tiny run configs prepare on first use) is prepared
+    once, under the lock, before any test: two recipes must not prepare the same folder at the same time. A
+    second preparation of a complete folder only reads its manifests."""
+    from filelock import FileLock
+
+    from tinyllama.data import prepare_from_config
+
+    cwd = os.getcwd()
+    with FileLock(str(REPO / "data" / ".demo.lock")):
+        os.chdir(REPO)  # the config's paths are relative to the repository
+        try:
+            return prepare_from_config(["--config", "configs/data/demo.yaml"])
+        finally:
+            os.chdir(cwd)
 
 
 @pytest.fixture(scope="session")

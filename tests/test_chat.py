@@ -1,4 +1,4 @@
-"""Chat SFT (issue 6): the template, labels, loss, training/inference round trip, the chat command, and the
+"""Chat SFT: the template, labels, loss, training/inference round trip, the chat command, and the
 mistakes a user can make (unknown keys, bad rows, QLoRA without CUDA, a Hub token in the config).
 
 One SFT run of a tiny model (configs/model/tiny.json, random weights) on fixed-answer chats is shared by the
@@ -437,6 +437,7 @@ def test_model_source_and_resume_errors(tmp_path):
     chat.check_model_source("TinyLlama/TinyLlama_v1.1")  # a Hub id is left to from_pretrained
 
 
+@pytest.mark.slow
 def test_demo_configs_run_from_a_fresh_checkout(tmp_path):
     """The demo configs through the recipes' entry points (the scripts themselves run as processes in the QLoRA
     and chat tests); the fixtures under data/demo/chat are built on first use."""

@@ -1,4 +1,4 @@
-"""DPO (issue 6): on the UltraFeedback-schema fixture, training raises the reward accuracy; max_prompt_length keeps
+"""DPO: on the UltraFeedback-schema fixture, training raises the reward accuracy; max_prompt_length keeps
 the end of long prompts."""
 
 from pathlib import Path
@@ -8,6 +8,9 @@ import pytest
 from pretrain_utils import load_script
 from tinyllama import chat
 from tinyllama.chat_fixtures import build_base_model, ultrafeedback_rows, write_hub_layout
+
+
+pytestmark = pytest.mark.slow  # SFT then DPO training; make test-fast skips it
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_PROMPT = 20

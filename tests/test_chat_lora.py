@@ -1,4 +1,4 @@
-"""LoRA SFT (issue 6): train, save, resume from a checkpoint, merge with scripts/merge_lora.py.
+"""LoRA SFT: train, save, resume from a checkpoint, merge with scripts/merge_lora.py.
 
 Resume is proven by equivalence: 6 steps straight, and 3 steps + resume to 6 from the checkpoint, give the same
 adapter (weights, optimizer, schedule and data order all restored). The merged model is proven by its logits,
@@ -75,6 +75,7 @@ def test_lora_resume_from_checkpoint_continues_the_same_run(lora_runs):
     assert any(not torch.equal(a[k], first[k]) for k in a)  # steps 4-6 changed the adapter
 
 
+@pytest.mark.slow
 def test_merged_model_logits_equal_the_adapter_models(lora_runs):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -137,6 +138,7 @@ class FakeHub:
         return None
 
 
+@pytest.mark.slow
 def test_push_to_hub_uploads_adapter_tokenizer_card_and_config_without_the_token(lora_runs, monkeypatch):
     import transformers.trainer
 

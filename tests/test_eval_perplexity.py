@@ -87,6 +87,7 @@ def test_windows_score_every_token_once(tiny):
     assert full["num_tokens"] == result["num_tokens"] and full["bits_per_byte"] != result["bits_per_byte"]
 
 
+@pytest.mark.slow
 def test_perplexity_command_writes_results_the_report_shows(tiny, tmp_path):
     path, _, _ = tiny
     data = tmp_path / "heldout.jsonl"

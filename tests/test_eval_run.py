@@ -12,6 +12,9 @@ import pytest
 
 from tinyllama import evaluation as ev
 
+
+pytestmark = pytest.mark.slow  # lm-eval end to end, twice; make test-fast skips it
+
 REPO = Path(__file__).resolve().parent.parent
 LIMIT = 3
 
@@ -150,14 +153,20 @@ def evaluated(tmp_path_factory, demo_tokenizer):
     run_dir = root / "outputs" / "demo-run"
     make_export(run_dir, 100, 409_600, seed=0, tokenizer=demo_tokenizer)
     export2 = make_export(run_dir, 200, 819_200, seed=1, tokenizer=demo_tokenizer)
-    env = {**os.environ, "EVAL_DATA_DIR": str(data)}
+    env = {**os.environ, "EVAL_DATA_DIR": str(data), "PYTHON": sys.executable}  # this interpreter, any environment
     for k in ("EVAL_OUT", "EVAL_TASKS", "EVAL_BACKEND", "ALLOW_CODE_EXECUTION"):
         env.pop(k, None)
-    script = subprocess.run(
-        ["bash", str(REPO / "evaluation" / "run_lm_eval.sh"), str(run_dir / "checkpoints" / "step-000100"),
-         "commonsense", "--limit", str(LIMIT), "--seed", "0"],
-        capture_output=True, text=True, env=env, timeout=600)
-    returned = ev.run_suite(export2, "commonsense", run_dir / "eval", limit=LIMIT, data_dir=data)
+    args = ["bash", str(REPO / "evaluation" / "run_lm_eval.sh"), str(run_dir / "checkpoints" / "step-000100"),
+            "commonsense", "--limit", str(LIMIT), "--seed", "0"]
+    # the script's process and the in-process call work on different checkpoints: they run side by side
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        returned = ev.run_suite(export2, "commonsense", run_dir / "eval", limit=LIMIT, data_dir=data)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    script = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
     return {"root": root, "data": data, "run": run_dir, "script": script, "returned": returned}
 
 

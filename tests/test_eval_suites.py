@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -77,7 +79,8 @@ def test_reference_scores_match_suites_and_published_averages():
 
 # ------------------------------------------------------------------------------------------------ the script's checks
 def _script(*args, env=None, cwd=None):
-    e = {**os.environ, **(env or {})}
+    # the script runs with this interpreter (the one that has the requirements), whatever environment runs pytest
+    e = {**os.environ, "PYTHON": sys.executable, **(env or {})}
     for k in ("EVAL_OUT", "EVAL_BACKEND", "EVAL_TASKS", "EVAL_DATA_DIR", "ALLOW_CODE_EXECUTION"):
         if env is None or k not in env:
             e.pop(k, None)
@@ -124,6 +127,46 @@ def test_script_rejects_bad_input_with_a_clear_message(case, fake_model, tmp_pat
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "out").exists()  # nothing written, nothing loaded
     assert seconds < 20
+
+
+def test_script_runs_the_interpreter_given_in_PYTHON(tmp_path):
+    """PYTHON names the interpreter: a wrapper that records its call and hands over to this one is what runs."""
+    record = tmp_path / "called"
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" > "{record}"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    p, _ = _script(env={"PYTHON": str(wrapper)})
+    assert p.returncode == 2 and "usage: bash evaluation/run_lm_eval.sh" in p.stderr
+    assert record.read_text().split()[:3] == ["-m", "tinyllama.evaluation", "run"]
+
+
+def _script_copy(tmp_path, python3_body):
+    """The script in a copy of the repository without a .venv, with a PATH whose only python3 is python3_body."""
+    (tmp_path / "repo" / "evaluation").mkdir(parents=True)
+    script = tmp_path / "repo" / "evaluation" / "run_lm_eval.sh"
+    shutil.copy(SCRIPT, script)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dirname").symlink_to(shutil.which("dirname"))
+    (bin_dir / "python3").write_text(python3_body)
+    (bin_dir / "python3").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env["PATH"] = str(bin_dir)
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([shutil.which("bash"), str(script)], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_script_without_PYTHON_or_venv_uses_the_python_on_PATH_that_has_lm_eval(tmp_path):
+    p = _script_copy(tmp_path, f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    assert p.returncode == 2 and "usage: bash evaluation/run_lm_eval.sh" in p.stderr, p.stderr
+
+
+def test_script_without_a_python_that_has_lm_eval_says_to_set_PYTHON(tmp_path):
+    """A python3 without the requirements is not used silently: one message names PYTHON."""
+    p = _script_copy(tmp_path, "#!/bin/sh\nexit 1\n")
+    assert p.returncode == 2
+    assert "no Python with lm_eval found" in p.stderr and "set PYTHON=" in p.stderr
+    assert "Traceback" not in p.stderr and "ModuleNotFoundError" not in p.stderr
 
 
 # ------------------------------------------------------------------------------------------------ models

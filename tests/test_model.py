@@ -11,7 +11,7 @@ from tinyllama.model import (MODEL_CONFIG_DIR, build_model, count_parameters, fl
 def test_tinyllama_1b_has_exactly_the_published_parameter_count():
     config = load_model_config("tinyllama-1.1b")
     assert count_parameters(config) == 1_100_048_384
-    # per TINYLLAMA.md: each embedding matrix 65,536,000, non-embedding 968,976,384
+    # per docs/reference.md: each embedding matrix 65,536,000, non-embedding 968,976,384
     with torch.device("meta"):
         from transformers import AutoModelForCausalLM
 
@@ -32,7 +32,7 @@ def test_tinyllama_1b_architecture_fields():
 
 
 def test_flops_per_token_matches_published_mfu_convention():
-    # 6N + 12 L H Q T = 7.31 GFLOP at T=2048 (TINYLLAMA.md, Speed)
+    # 6N + 12 L H Q T = 7.31 GFLOP at T=2048 (docs/reference.md, Speed)
     assert flops_per_token(load_model_config("tinyllama-1.1b"), 2048) == pytest.approx(7.31e9, rel=1e-3)
 
 

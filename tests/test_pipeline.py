@@ -56,6 +56,7 @@ def same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_chain_resumes_chains_skips_and_refuses_changes(tmp_path, demo_paths):
     root = tmp_path / "out"
     # 1. stage 1 is preempted after step 2: the pipeline stops and says how to continue

@@ -79,6 +79,7 @@ def preempted(cfg, run, step: int, monkeypatch) -> dict:
         return run_inprocess(cfg, "--output_dir", str(run), "--save_every", "100")
 
 
+@pytest.mark.slow
 def test_resume_is_exact_and_replays_no_data(baseline, tmp_path, monkeypatch):
     """Preempted after step 3, resumed: steps 4..8 have bitwise-equal losses and the final weights are equal."""
     ref_run, _ = baseline
@@ -99,6 +100,7 @@ def test_resume_is_exact_and_replays_no_data(baseline, tmp_path, monkeypatch):
     assert state["samples"] == 8 * 8
 
 
+@pytest.mark.slow
 def test_incomplete_checkpoint_is_never_resumed(baseline, tmp_path, monkeypatch):
     cfg = write_config(tmp_path)
     run = tmp_path / "run"
@@ -112,6 +114,7 @@ def test_incomplete_checkpoint_is_never_resumed(baseline, tmp_path, monkeypatch)
     assert not (run / "checkpoints" / ".tmp-step-000006").exists()
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_and_counted_then_stop(tmp_path, monkeypatch):
     cfg = write_config(tmp_path)
     monkeypatch.setenv("TINYLLAMA_FAULT_NAN_STEPS", "2,3")
@@ -129,6 +132,7 @@ def test_nonfinite_steps_are_skipped_and_counted_then_stop(tmp_path, monkeypatch
         run_inprocess(cfg, "--output_dir", str(tmp_path / "b"), "--max_steps", "8", "--max_nonfinite_steps", "3")
 
 
+@pytest.mark.slow
 def test_nonfinite_stop_message_via_cli(tmp_path):
     cfg = write_config(tmp_path)
     proc = run_cli([sys.executable, "recipes/pretrain.py", "--config", str(cfg), "--output_dir",
@@ -140,6 +144,7 @@ def test_nonfinite_stop_message_via_cli(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "train_state.json").is_file()
 
 
+@pytest.mark.slow
 def test_loss_falls_well_below_its_start_on_the_demo_corpus(tmp_path):
     cfg = write_config(tmp_path)
     run_inprocess(cfg, "--output_dir", str(tmp_path / "run"), "--model_config", "demo", "--max_steps", "100",
@@ -297,6 +302,7 @@ def test_hub_outage_never_kills_training(tmp_path):
     assert summary["hub_failed"] == 1 and (tmp_path / "run" / "export" / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_eval_suite_runs_on_each_export_and_is_logged_beside_the_loss(tmp_path, monkeypatch):
     """eval_suite: lm-eval's own commonsense tasks on each export (local fixture files, offline)."""
     from test_eval_run import write_fixtures

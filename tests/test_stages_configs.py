@@ -29,7 +29,7 @@ def tokens(a: PretrainArgs) -> int:
 def test_real_chain_budgets_batches_and_one_continued_cosine(variant):
     basic, cont, cool = cfg("pretrain/v1.1-stage1-basic.yaml"), cfg(f"continual/{variant}.yaml"), \
         cfg(f"cooldown/{variant}.yaml")
-    # TINYLLAMA.md: 1.5T + ~350B + ~150B = 2T; batch about 1.8M tokens, 7.2M in the cooldown
+    # docs/reference.md: 1.5T + ~350B + ~150B = 2T; batch about 1.8M tokens, 7.2M in the cooldown
     assert tokens(basic) == pytest.approx(1.5e12, rel=1e-6)
     assert tokens(cont) == pytest.approx(350e9, rel=1e-5)
     assert tokens(cool) == pytest.approx(150e9, rel=1e-4)

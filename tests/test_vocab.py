@@ -104,6 +104,7 @@ def test_extend_vocab_mean_rows_shorter_tokenization_and_usable_as_init_from(bas
     assert cont["model.embed_tokens.weight"].shape[0] == 4160
 
 
+@pytest.mark.slow
 def test_scripts(base_model, tmp_path):
     r = run_cli([sys.executable, "scripts/tokenizer_coverage.py", "--data", str(ZH), "--json",
                  str(tmp_path / "c.json")])

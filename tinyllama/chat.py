@@ -2,7 +2,7 @@
 ``scripts/merge_lora.py``: the chat template, tokenizer setup, dataset loading and checks, early checks of the model
 arguments, and the model card.
 
-TinyLlama-1.1B-Chat-v1.0 is the alignment-handbook's Zephyr recipe (../shared/reference/TINYLLAMA.md, "Chat
+TinyLlama-1.1B-Chat-v1.0 is the alignment-handbook's Zephyr recipe (docs/reference.md, "Chat
 models"): SFT on ``HuggingFaceH4/ultrachat_200k``, then DPO on ``HuggingFaceH4/ultrafeedback_binarized``, with the
 Zephyr chat template. TRL does the training; what is written here is what TRL leaves to the script:
 

@@ -1,6 +1,6 @@
 """Build TinyLlama-shaped models for every recipe: one function, one place that resolves the attention kernel.
 
-``configs/model/tinyllama-1.1b.json`` is the architecture (../shared/reference/TINYLLAMA.md, "Architecture");
+``configs/model/tinyllama-1.1b.json`` is the architecture (docs/reference.md, "Architecture");
 the smaller JSONs beside it are the demo and test sizes. A model is built either fresh from such a config file
 (pretraining from scratch) or from a model folder / Hub id (``init_from``: continual pretraining, fine-tuning).
 """

@@ -3,7 +3,7 @@
 The Llama-2 tokenizer (and the demo's, the same kind: BPE with byte fallback) spells a character it has no token for
 as its UTF-8 bytes, ``<0xE5><0xBA><0x8A>`` for 床: three tokens for one character, which costs context length,
 compute and quality. TinyLlama's maintainers advised extending the vocabulary for a new language and mixing about
-50% of it with SlimPajama (../shared/reference/TINYLLAMA.md, "What users asked"; configs/continual/chinese.yaml).
+50% of it with SlimPajama (docs/reference.md, "What users asked"; configs/continual/chinese.yaml).
 
 - :func:`coverage`: tokens per character, the share of tokens that are byte-fallback tokens, and the share of
   characters that have no token of their own (with the most frequent of them).

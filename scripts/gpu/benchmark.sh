@@ -5,7 +5,7 @@
 #
 # 1. installs the wheels in .whl/ (scripts/gpu/fetch_wheels.sh) into /tmp/site, if there are any (not with TOY=1);
 # 2. prints the card and the software versions;
-# 3. runs scripts/benchmark_pretrain.py over the variants of the throughput issue (the 1.1B model, seq_len 2048,
+# 3. runs scripts/benchmark_pretrain.py over the throughput variants (the 1.1B model, seq_len 2048,
 #    bf16): the attention kernel (flash_attention_2 where flash-attn imports, else sdpa), Liger kernels,
 #    torch.compile, activation checkpointing with a larger micro batch, document masking (varlen flash-attention,
 #    else flex_attention and sdpa's block-diagonal mask) and DeepSpeed ZeRO-2 on one GPU;

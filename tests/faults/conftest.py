@@ -1,4 +1,4 @@
-"""The fault-injection suite (issue 9): kills, preemption, full disks, Hub outages, non-finite losses, bad inputs.
+"""The fault-injection suite: kills, preemption, full disks, Hub outages, non-finite losses, bad inputs.
 
 CI runs the fast subset (``pytest tests/faults``); the cases marked ``faults_full`` run only with
 ``TINYLLAMA_FAULTS_FULL=1`` (``make faults``).

@@ -19,6 +19,9 @@ from fault_utils import CHAIN_RUN, KILLED, REPO, launch, record, resumed_from, s
 from pretrain_utils import RecordingHub, write_config
 
 
+pytestmark = pytest.mark.slow  # kills launched runs and resumes them; make test-fast skips it
+
+
 def check_no_incomplete(run) -> None:
     """Every step-* checkpoint on disk is complete (train_state.json), whatever moment the kill hit."""
     for p in (run / "checkpoints").glob("step-*"):

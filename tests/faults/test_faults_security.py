@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fault_utils import CHAIN_RUN, launch, record
 from pretrain_utils import RecordingHub, write_config
 
@@ -37,6 +39,7 @@ def test_exports_and_checkpoints_hold_weights_as_safetensors_only(reference):
         assert not names & {"pytorch_model.bin", "model.pt", "pytorch_model.pt"}, (folder, names)
 
 
+@pytest.mark.slow
 def test_hub_token_never_written(tmp_path, demo_paths):
     cfg = write_config(tmp_path, CHAIN_RUN + "max_steps: 2\npush_to_hub: true\nhub_model_id: me/secret\n")
     with RecordingHub() as hub:

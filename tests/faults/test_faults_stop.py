@@ -16,6 +16,9 @@ from fault_utils import CHAIN_RUN, ENV, LAUNCH, REPO, launch, record, same_weigh
 from pretrain_utils import RecordingHub, run_inprocess, write_config
 
 
+pytestmark = pytest.mark.slow  # launched runs stopped from outside; make test-fast skips it
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_in_bounded_time(tmp_path, demo_paths):
     """A real SIGTERM from outside mid-run: the step finishes, a checkpoint is saved, the process exits 0."""
     cfg = write_config(tmp_path, CHAIN_RUN + "save_every: 100\nmax_steps: 200\n")

@@ -1,7 +1,7 @@
 """The pretraining recipe's arguments: one typed dataclass, read from YAML with command-line overrides.
 
 Every number that defines a run lives in its YAML (configs/pretrain, configs/continual, configs/cooldown); the
-defaults here are TinyLlama v1.0's (../shared/reference/TINYLLAMA.md, "Pretraining (v1.0, 3T tokens)").
+defaults here are TinyLlama v1.0's (docs/reference.md, "Pretraining (v1.0, 3T tokens)").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Checkpoints (complete training state, for resume) and exports (Hugging Face model folders, for everything else).
 
-Layout (../shared/DESIGN.md):
+Layout (README.md, "Run folder"):
     <run>/checkpoints/step-000500/   accelerate ``save_state`` + ``train_state.json`` + ``model_config.json``
     <run>/export/step-000500/        safetensors, config.json, generation_config.json, tokenizer, model card,
                                      ``training_metadata.json`` (step, tokens_seen, stage, mixture)

@@ -1,0 +1,37 @@
+"""The package installs whole: every folder under tinyllama/ is a regular package that a non-editable install
+(setuptools' find_packages, as pyproject.toml configures it) ships, and the training package's names import."""
+
+from pathlib import Path
+
+from setuptools import find_packages
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_tinyllama_folder_with_code_is_a_package_the_wheel_ships():
+    shipped = set(find_packages(str(REPO), include=["tinyllama*"]))
+    folders = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "tinyllama").rglob("*.py")}
+    assert folders <= shipped, f"not shipped (no __init__.py): {sorted(folders - shipped)}"
+
+
+def test_training_package_exports_resolve_to_their_modules():
+    import tinyllama.training as training
+    from tinyllama.training import checkpoint, export_checkpoint
+
+    assert export_checkpoint is checkpoint.export_checkpoint
+    for name in training.__all__:
+        assert getattr(training, name) is not None
+
+
+def test_architecture_doc_names_every_package_and_module():
+    """docs/architecture.md describes the layout as it is: every package of tinyllama/ and every module of the
+    split packages is named there."""
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    for package in sorted(p.parent for p in (REPO / "tinyllama").rglob("__init__.py")):
+        rel = package.relative_to(REPO).as_posix()
+        if rel != "tinyllama":
+            assert f"`{rel}/`" in doc, f"{rel}/ is not described in docs/architecture.md"
+    for package in ("evaluation", "pipeline", "training", "data"):
+        for module in (REPO / "tinyllama" / package).glob("*.py"):
+            if not module.name.startswith("__"):
+                assert f"`{module.name}`" in doc, f"tinyllama/{package}/{module.name} is not in docs/architecture.md"

@@ -1,0 +1,45 @@
+"""Evaluation: what to run with lm-evaluation-harness, on which model, and where the results go.
+
+lm-eval runs its own tasks and its own scoring; nothing here computes a benchmark score. The package, in the
+order the work flows:
+
+- ``suites.py``: the suites (``evaluation/suites/<name>.yaml``: lm-eval task names, shots, the metric to report)
+  and the published reference scores, checked against the installed lm-eval;
+- ``models.py``: resolves MODEL: a model folder (``config.json`` + ``*.safetensors`` + tokenizer), a training
+  checkpoint (``outputs/<run>/checkpoints/step-N`` -> its ``outputs/<run>/export/step-N``, exported on the fly
+  with ``tinyllama.training.export_checkpoint`` when missing) or a Hub id;
+- ``offline.py``: optionally points the suite's tasks at local data files (:func:`write_offline_tasks`: a
+  generated task YAML ``include``s lm-eval's installed YAML and overrides only the data source);
+- ``runner.py``: runs ``python -m lm_eval run`` (lm-eval's own CLI, one call per shot count) into
+  ``<out>/<model-name>/<suite>/`` with ``run_info.json`` beside lm-eval's ``results_*.json``/``samples_*.jsonl``;
+- ``results.py``: reads the results back (:func:`summarize`); :func:`run_suite` does all of it for the
+  pretraining loop;
+- ``perplexity.py``: held-out perplexity and bits per byte;
+- ``cli.py``: the command line; ``layout.py``: folder and file names.
+
+Command line (``evaluation/run_lm_eval.sh`` calls the first form)::
+
+    python -m tinyllama.evaluation run MODEL [SUITE] [extra lm_eval arguments]
+    python -m tinyllama.evaluation perplexity MODEL DATA [--text_field text] [--out DIR] ...
+    python -m tinyllama.evaluation suites
+
+Every name is importable from ``tinyllama.evaluation`` itself, as before the split.
+"""
+
+from .layout import (  # noqa: F401
+    EVAL_DIR, SUITES_DIR, REFERENCE_FILE, PERPLEXITY_METRIC, DEFAULT_SUITE, DEFAULT_OUT, TRAINING_METADATA_FILE,
+    RUN_INFO_FILE, PERPLEXITY_RESULTS_FILE, BACKENDS, _DISTRIBUTED_ENV, _OWNED_ARGS,
+)
+from .suites import (  # noqa: F401
+    SuiteTask, Suite, available_suites, load_suite, select_tasks, lm_eval_task_index, check_suite_tasks,
+    parse_tokens, load_reference,
+)
+from .models import (  # noqa: F401
+    ResolvedModel, _HUB_ID, _looks_like_path, is_model_folder, read_training_metadata, export_checkpoint_on_the_fly,
+    resolve_model,
+)
+from .offline import _SPLIT_KEYS, _BUILDERS, leaf_tasks, _find_split_files, write_offline_tasks  # noqa: F401
+from .runner import _device_defaults, _clean_env, LmEvalError, lm_eval_commands, run  # noqa: F401
+from .results import load_results, clean_metrics, pick_metric, summarize, run_suite  # noqa: F401
+from .perplexity import load_texts, perplexity_metric, run_perplexity  # noqa: F401
+from .cli import USAGE, _truthy, _cli_run, _cli_perplexity, main  # noqa: F401
