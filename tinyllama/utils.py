@@ -141,3 +141,23 @@ def entry_point(fn):
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """A package's ``__getattr__`` and ``__dir__`` that import ``name`` from its module ``exports[name]`` on first use
+    (so importing the package imports none of its modules: tokenizer workers never load torch, and
+    ``from tinyllama.training import export_checkpoint`` does not load accelerate)."""
+    import importlib
+
+    def __getattr__(name: str):
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{module}", package), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__():
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__
