@@ -453,3 +453,18 @@ def test_demo_configs_run_from_a_fresh_checkout(tmp_path):
         "--save_strategy", "'no'"])
     assert "eval_rewards/accuracies" in metrics and (dpo_out / "model.safetensors").is_file()
     assert "eval_rewards/accuracies" in (dpo_out / "README.md").read_text()
+
+
+def test_run_summary_is_written_and_read_by_the_pipeline_table(sft_run):
+    """Like pretraining, the chat recipes end with summary.json; the pipeline's table reads it (not the log)."""
+    import json
+
+    from tinyllama.pipeline.report import summary_rows
+
+    summary = json.loads((sft_run.out / "summary.json").read_text())
+    assert summary["step"] == 60 == sft_run.metrics["train_steps"]
+    assert summary["final_loss"] == sft_run.metrics["train_loss"] and summary["metrics"]["eval_loss"] > 0
+    stage = SimpleNamespace(name="sft", spec=SimpleNamespace(recipe="sft"), run_dir=sft_run.out, state="done",
+                            reason="")
+    (row,) = summary_rows([stage], {})
+    assert (row["steps"], row["final_loss"]) == (60, sft_run.metrics["train_loss"])

@@ -19,12 +19,13 @@ Zephyr chat template. TRL does the training; what is written here is what TRL le
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .utils import repo_root
+from .utils import atomic_write_text, repo_root
 
 log = logging.getLogger(__name__)
 
@@ -584,6 +585,10 @@ def train_and_save(trainer, resume, *arg_instances) -> dict:
         trainer.push_to_hub()
         log.info("pushed %s to https://huggingface.co/%s", output_dir, trainer.hub_model_id)
     if trainer.is_world_process_zero():
+        # what the run reports, like pretraining's summary.json (the pipeline's table reads it, never the log)
+        summary = {"step": trainer.state.global_step, "final_loss": result.training_loss, "run_dir": str(output_dir),
+                   "metrics": metrics}
+        atomic_write_text(Path(output_dir) / "summary.json", json.dumps(summary, indent=2))
         log.info("saved %s to %s: %s", "adapter" if is_adapter_dir(output_dir) else "model", output_dir,
                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return metrics

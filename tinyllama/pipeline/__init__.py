@@ -48,7 +48,7 @@ from .state import (  # noqa: F401
     fingerprint, read_marker, _config_hash, _config_diff, _read_json, assess, _offline, _state_on_disk,
 )
 from .report import (  # noqa: F401
-    summary_rows, _status_text, _short, _chat_loss, _eval_result, _fmt_tokens, _fmt_seconds, COLUMNS, table_cells,
+    summary_rows, _status_text, _short, _eval_result, _fmt_tokens, _fmt_seconds, COLUMNS, table_cells,
     format_table, write_summary,
 )
 from .plot import chain_series, plot_chain  # noqa: F401

@@ -22,15 +22,14 @@ def summary_rows(stages: list[Planned], ran: dict[str, str]) -> list[dict]:
         row = {"stage": s.name, "recipe": s.spec.recipe, "status": ran.get(s.name) or _status_text(s),
                "note": s.reason if s.state == "unavailable" else None, "steps": None, "tokens": None, "cumulative_tokens": None, "final_loss": None, "result": None,
                "seconds": marker.get("seconds"), "output": str(s.run_dir)}
-        if s.spec.recipe == "pretrain":
+        if s.spec.recipe in ("pretrain", "sft", "dpo"):  # each recipe writes summary.json at the end
             summary = _read_json(s.run_dir / "summary.json")
             if summary:
-                row.update(steps=summary.get("step"), tokens=summary.get("tokens"),
-                           final_loss=summary.get("final_loss"))
+                row.update(steps=summary.get("step"), final_loss=summary.get("final_loss"))
+            if summary and s.spec.recipe == "pretrain":
+                row["tokens"] = summary.get("tokens")
                 cumulative += summary.get("tokens") or 0
                 row["cumulative_tokens"] = cumulative
-        elif s.spec.recipe in ("sft", "dpo"):
-            row["final_loss"] = _chat_loss(s.run_dir)
         elif s.spec.recipe == "eval" and marker.get("finished"):
             row["result"] = _eval_result(s)
         rows.append(row)
@@ -46,17 +45,6 @@ def _short(path: str) -> str:
         return str(Path(path).relative_to(Path.cwd()))
     except ValueError:
         return path
-
-
-def _chat_loss(run_dir: Path) -> float | None:
-    """The train loss the chat recipes print at the end ("saved model to ...: train_loss=...")."""
-    import re
-
-    log_file = run_dir.parent / "logs" / f"{run_dir.name}.log"
-    if not log_file.is_file():
-        return None
-    hits = re.findall(r"train_loss=([0-9.eE+-]+)", log_file.read_text(errors="replace"))
-    return float(hits[-1]) if hits else None
 
 
 def _eval_result(s: Planned) -> str | None:
