@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from chat_helpers import FIXED_QA, FIXED_SYSTEM, fixed_answer_rows
 from pretrain_utils import load_script
 from tinyllama import chat
-from tinyllama.chat_fixtures import (FIXED_QA, FIXED_SYSTEM, build_base_model, fixed_answer_rows,
-                                     ultrachat_rows, ultrafeedback_rows, write_hub_layout)
+from tinyllama.chat_fixtures import build_base_model, ultrachat_rows, ultrafeedback_rows, write_hub_layout
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_SECRET = "hf_thisIsNotARealTokenButMustNeverBeWritten"

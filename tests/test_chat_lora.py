@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pretrain_utils import load_script
-from tinyllama.chat_fixtures import tiny_lora_sft_run
+from chat_helpers import tiny_lora_sft_run
 
 REPO = Path(__file__).resolve().parent.parent
 LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from pretrain_utils import REPO, run_cli, run_inprocess
-from tinyllama.chat_fixtures import FIXED_QA, FIXED_SYSTEM, train_fixed_answer_chat
+from chat_helpers import FIXED_QA, FIXED_SYSTEM, train_fixed_answer_chat
 from tinyllama.gguf_export import (PROBE_TEXTS, check_model_dir, export_gguf, llama_cpp_source, load_gguf)
 
 llama = pytest.mark.llama_cpp

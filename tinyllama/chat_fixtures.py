@@ -1,4 +1,5 @@
-"""Small chat and preference data sets in the real schemas, and a tiny base model, for the CPU demo and the tests.
+"""Small chat and preference data sets in the real schemas, and a tiny base model: the chat demo's data (the tests
+build theirs with the same functions; their own helpers are in tests/chat_helpers.py).
 
 | folder under data/demo/chat/        | stands in for                            | splits                 |
 |-------------------------------------|------------------------------------------|------------------------|
@@ -60,7 +61,7 @@ def _task(rng: random.Random) -> tuple[str, str, str]:
     return f"Count from 1 to {k}.", right, wrong
 
 
-def _prompt_id(prompt: str) -> str:
+def prompt_id(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
@@ -76,7 +77,7 @@ def ultrachat_rows(n: int, seed: int = 0) -> list[dict]:
             user, right, _ = _task(rng)
             messages += [{"role": "user", "content": user}, {"role": "assistant", "content": right}]
         prompt = next(m["content"] for m in messages if m["role"] == "user")
-        rows.append({"prompt": prompt, "prompt_id": _prompt_id(prompt), "messages": messages})
+        rows.append({"prompt": prompt, "prompt_id": prompt_id(prompt), "messages": messages})
     return rows
 
 
@@ -87,7 +88,7 @@ def ultrafeedback_rows(n: int, seed: int = 0) -> list[dict]:
         user, right, wrong = _task(rng)
         chosen = [{"role": "user", "content": user}, {"role": "assistant", "content": right}]
         rejected = [{"role": "user", "content": user}, {"role": "assistant", "content": wrong}]
-        rows.append({"prompt": user, "prompt_id": _prompt_id(user), "chosen": chosen, "rejected": rejected,
+        rows.append({"prompt": user, "prompt_id": prompt_id(user), "chosen": chosen, "rejected": rejected,
                      "messages": chosen, "score_chosen": float(rng.randint(7, 10)),
                      "score_rejected": float(rng.randint(1, 5))})
     return rows
@@ -144,69 +145,3 @@ def build_chat_demo(root: str | Path) -> dict[str, Path]:
     if not paths["base"].exists():
         build_base_model(paths["base"])
     return paths
-
-
-# Fixed-answer chats for tests: a tiny model memorises them in a few dozen steps, so what it answers after training
-# is known exactly (and that it then stops at EOS).
-FIXED_QA = [("What is your name?", "My name is TinyLlama."), ("What color is the sky?", "The sky is blue.")]
-FIXED_SYSTEM = "You are a helpful assistant."
-
-
-def fixed_answer_rows(n: int = 48) -> list[dict]:
-    """UltraChat-schema rows over FIXED_QA: single and two-exchange chats, a third with a system prompt. Row 0 has
-    a system prompt and two exchanges."""
-    rows = []
-    for i in range(n):
-        (q, a), (q2, a2) = FIXED_QA[i % 2], FIXED_QA[(i + 1) % 2]
-        messages = [{"role": "system", "content": FIXED_SYSTEM}] if i % 3 == 0 else []
-        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        if i % 4 == 0:
-            messages += [{"role": "user", "content": q2}, {"role": "assistant", "content": a2}]
-        rows.append({"prompt": q, "prompt_id": _prompt_id(q), "messages": messages})
-    return rows
-
-
-def tiny_lora_sft_run(folder, save_steps: int):
-    """Build the tiny base model and the fixed-answer chats under ``folder``; return ``(base, data, cli)``, where
-    ``cli(out, *extra)`` gives the recipes/sft.py arguments of a 6-step LoRA run on them writing to ``out`` and
-    saving every ``save_steps`` (the LoRA tests and the fault suite kill and resume this run)."""
-    folder = Path(folder)
-    base = build_base_model(folder / "base", model_config="tiny")
-    rows = fixed_answer_rows(32)
-    data = write_hub_layout(folder / "data", {"train_sft": rows, "test_sft": rows[:8]})
-
-    def cli(out, *extra: str) -> list[str]:
-        return ["--model_name_or_path", str(base), "--dataset_name", str(data), "--output_dir", str(out),
-                "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.0",
-                "--lora_target_modules", "all-linear", "--learning_rate", "1e-2", "--max_steps", "6",
-                "--per_device_train_batch_size", "4", "--max_length", "128", "--bf16", "false",
-                "--activation_checkpointing", "false", "--report_to", "none", "--eval_strategy", "no",
-                "--save_strategy", "steps", "--save_steps", str(save_steps), "--logging_steps", "1",
-                "--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--seed", "0", *extra]
-
-    return base, data, cli
-
-
-def train_fixed_answer_chat(folder, steps: int = 60, model_config: str = "tiny") -> Path:
-    """A full SFT run (recipes/sft.py, in this process) of a tiny random model on the fixed-answer chats: it then
-    answers FIXED_QA exactly and stops at ``</s>``, with or without the system prompt. Returns the model folder
-    (weights, tokenizer, chat template), for tests of what consumes a chat model (GGUF export, serving)."""
-    import importlib.util
-
-    from .utils import repo_root
-
-    folder = Path(folder)
-    base = build_base_model(folder / "base", model_config=model_config)
-    rows = fixed_answer_rows(48)
-    data = write_hub_layout(folder / "data", {"train_sft": rows, "test_sft": rows[:8]})
-    out = folder / "chat"
-    spec = importlib.util.spec_from_file_location("_fixture_sft", repo_root() / "recipes" / "sft.py")
-    sft = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sft)
-    sft.main(["--model_name_or_path", str(base), "--dataset_name", str(data), "--output_dir", str(out),
-              "--max_length", "128", "--per_device_train_batch_size", "8", "--bf16", "false",
-              "--activation_checkpointing", "false", "--report_to", "none", "--save_strategy", "'no'",
-              "--eval_strategy", "'no'", "--logging_steps", "20", "--dataloader_pin_memory", "false",
-              "--disable_tqdm", "true", "--warmup_steps", "0", "--seed", "0", "--max_steps", str(steps),
-              "--learning_rate", "1e-2", "--lr_scheduler_type", "constant"])
-    return out

@@ -24,7 +24,8 @@ TOKEN_FREE = "hf_" + "x" * 10
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, reference):
     """An existing, finished run (outputs that must survive every mistake) and the fixtures the cases point at."""
-    from tinyllama.chat_fixtures import build_base_model, fixed_answer_rows, write_hub_layout
+    from chat_helpers import fixed_answer_rows
+    from tinyllama.chat_fixtures import build_base_model, write_hub_layout
 
     tmp = tmp_path_factory.mktemp("bad-inputs")
     run = tmp / "existing-run"

@@ -194,7 +194,7 @@ def test_prepare_killed_repeatedly(tmp_path, prep_reference):
 # ---- SFT with LoRA --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def sft_setup(tmp_path_factory, demo_paths):
-    from tinyllama.chat_fixtures import tiny_lora_sft_run
+    from chat_helpers import tiny_lora_sft_run
 
     tmp = tmp_path_factory.mktemp("sft-faults")
     _, _, cli = tiny_lora_sft_run(tmp, save_steps=2)
