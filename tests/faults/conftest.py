@@ -5,14 +5,8 @@ CI runs the fast subset (``pytest tests/faults``); the cases marked ``faults_ful
 """
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # pretrain_utils
-sys.path.insert(0, str(HERE))  # fault_utils
 
 FULL = os.environ.get("TINYLLAMA_FAULTS_FULL") == "1"
 
