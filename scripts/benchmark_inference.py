@@ -60,16 +60,10 @@ def load_tokenizer(model_name: str):
 
 def demo_prompts(tokenizer, n: int, prompt_len: int) -> list[list[int]]:
     """``n`` prompts of ``prompt_len`` tokens: the beginnings of demo-corpus documents, half prose, half code."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    from tinyllama.demo import build_demo
+    from tinyllama.demo import build_demo, corpus_texts
 
     paths = build_demo()
-    with open(paths["slimpajama"], encoding="utf-8") as f:
-        prose = [json.loads(line)["text"] for line in f]
-    code = pq.read_table(paths["starcoderdata"], columns=["content"]).column("content").to_pylist()
+    prose, code = list(corpus_texts(paths, ["slimpajama"])), list(corpus_texts(paths, ["starcoderdata"]))
     texts = [t for pair in zip(prose[::20], code[::20]) for t in pair]
     prompts = [ids[:prompt_len] for ids in (tokenizer(t)["input_ids"] for t in texts) if len(ids) >= prompt_len]
     if len(prompts) < n:

@@ -35,15 +35,13 @@ QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
 # ---------------------------------------------------------------------------------------------------------------
 def corpus_sample(demo_paths, n_each: int = 24, max_chars: int = 1500) -> list[str]:
     """Prose (SlimPajama stand-in), code (Starcoderdata stand-in), math and Chinese texts from the demo corpus."""
-    import pyarrow.parquet as pq
+    from tinyllama.demo import corpus_texts
 
-    def jsonl(path):
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line)["text"] for line in f]
+    def texts_of(source):
+        return list(corpus_texts(demo_paths, [source]))
 
-    code = pq.read_table(demo_paths["starcoderdata"], columns=["content"]).column("content").to_pylist()
-    texts = (jsonl(demo_paths["slimpajama"])[:: 7][:n_each] + code[:: 5][:n_each]
-             + jsonl(demo_paths["proof_pile_2"])[:n_each // 3] + jsonl(demo_paths["skypile"])[:n_each // 3])
+    texts = (texts_of("slimpajama")[:: 7][:n_each] + texts_of("starcoderdata")[:: 5][:n_each]
+             + texts_of("proof_pile_2")[:n_each // 3] + texts_of("skypile")[:n_each // 3])
     return [t[:max_chars] for t in texts] + list(PROBE_TEXTS)
 
 

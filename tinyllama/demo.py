@@ -157,15 +157,18 @@ def build_corpus(out: Path) -> dict[str, Path]:
     return paths
 
 
-def corpus_texts(paths: dict[str, Path]):
-    """Every document of the demo corpus, as text (for tokenizer training)."""
+def corpus_texts(paths: dict[str, Path], sources=("slimpajama", "proof_pile_2", "skypile", "starcoderdata")):
+    """Every document of the demo corpus (of ``sources``, in that order), as text: for tokenizer training, and for
+    prompts and samples drawn from the corpus."""
     import pyarrow.parquet as pq
 
-    for key in ("slimpajama", "proof_pile_2", "skypile"):
+    for key in sources:
+        if key == "starcoderdata":  # parquet, like the real Starcoderdata
+            yield from pq.read_table(paths[key], columns=["content"]).column("content").to_pylist()
+            continue
         with open(paths[key], encoding="utf-8") as f:
             for line in f:
                 yield json.loads(line)["text"]
-    yield from pq.read_table(paths["starcoderdata"], columns=["content"]).column("content").to_pylist()
 
 
 def train_tokenizer(texts, out_dir: Path, vocab_size: int = DEMO_VOCAB_SIZE) -> Path:
