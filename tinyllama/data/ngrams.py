@@ -5,7 +5,7 @@ Text is normalised the way the GPT-3 paper and lm-eval's decontamination (``lm_e
 do it: lower case, punctuation deleted, split on white space; so a benchmark item pasted with other capitalisation,
 quotes or line breaks still matches. (We do not import the janitor: without its optional C++ helper it prints a
 traceback at import, in every worker process.) Unicode is NFKC-normalised first, so full-width and composed forms
-compare equal.
+compare equal. Characters of scripts written without spaces (Chinese, Japanese, Korean) count as one word each.
 
 A word's hash is the first 8 bytes of its BLAKE2b digest (stable across processes and machines, unlike Python's
 salted ``hash``); an n-gram's hash is a polynomial combination of its words' hashes modulo 2**64, computed for a
@@ -23,13 +23,16 @@ import numpy as np
 _PRIME = np.uint64(0x100000001B3)  # FNV-1a's 64-bit prime: odd, so the combination is a bijection per position
 _NON_WORD = re.compile(r"[^\w\s]+|_+")  # punctuation and symbols (unicode-aware); \w keeps letters, digits, CJK
 _CACHE_MAX = 1 << 20
+# Scripts written without spaces between words (Chinese, Japanese kana, Korean syllables): each character counts as
+# a word, so that n-grams exist at all for them (SkyPile is Chinese).
+_NO_SPACES = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 
 
 def normalize(text: str) -> str:
     """NFKC, lower case, punctuation deleted (as lm-eval's janitor does: "don't" -> "dont"), white space
-    collapsed to single spaces."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(_NON_WORD.sub("", text).split())
+    collapsed to single spaces; a character of a script written without spaces (CJK) is a word of its own."""
+    text = _NON_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
+    return " ".join(_NO_SPACES.sub(r" \g<0> ", text).split())
 
 
 def words(text: str) -> list[str]:

@@ -26,14 +26,17 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import numpy as np
 
 from ..config import parse_config
 from ..tokenizer import check_preparation_tokenizer
 from ..utils import TMP_PREFIX, RunStopped
+from .dedup import INDEX_FILE, DedupSettings
 from .readers import Position, SourceReader, SourceSpec
+from .report import write_report
+from .screen import DecontaminationSettings, ScreenSpec, SourceScreen
 from .shards import FORMAT, MAX_SHARD_TOKENS, SPLITS, ShardWriter, check_shards, read_manifest, shard_paths, \
     write_manifest
 from .tokenize import Encoder, EncoderSpec, TokenizerInfo, encode_in_worker, encode_records, init_worker, \
@@ -80,10 +83,18 @@ class PrepareConfig:
     tokenizer_check: bool = field(default=True, metadata={
         "help": "when the tokenizer comes with a tokenizer.model, stop unless its tokenizer.json gives the same ids "
                 "on the first 64 documents of each source (TinyLlama was pretrained on SentencePiece's ids)"})
+    dedup: Any = field(default=None, metadata={
+        "help": "drop exact and near duplicates within each source: true (defaults) or {exact, near, threshold, "
+                "ngram, num_perm, seed} (docs/data.md); a source's own dedup: key overrides it. Off by default"})
+    decontaminate: Any = field(default=None, metadata={
+        "help": "find the evaluation suites' test items in the documents (13-gram overlap): true (defaults) or "
+                "{suites, ngram, mode: report|drop, eval_data_dir} (docs/data.md); a source's own key overrides it. "
+                "Off by default"})
 
     def validate(self) -> list[str]:
         errors: list[str] = []
         self._specs = []
+        self._screening: dict[str, tuple[DedupSettings | None, DecontaminationSettings | None]] = {}
         if not self.sources:
             errors.append("sources: give at least one source")
         for name, spec in (self.sources or {}).items():
@@ -93,6 +104,7 @@ class PrepareConfig:
             parsed = SourceSpec.from_dict(str(name), spec, errors)
             if parsed is not None:
                 self._specs.append(parsed)
+                self._screening[parsed.name] = self._parse_screening(parsed, errors)
         for name in self.only:
             if name not in (self.sources or {}):
                 errors.append(f"only: no source named '{name}' (sources: {', '.join(self.sources or {})})")
@@ -110,6 +122,26 @@ class PrepareConfig:
             errors.append(f"num_workers: -1 (all cores), 0 (in process) or a count, got {self.num_workers}")
         return errors
 
+    def _parse_screening(self, spec: SourceSpec, errors: list[str]):
+        import yaml
+
+        for key in ("dedup", "decontaminate"):  # from the command line: --dedup true, --dedup '{threshold: 0.7}'
+            if isinstance(getattr(self, key), str):
+                setattr(self, key, yaml.safe_load(getattr(self, key)))
+        own = f"sources.{spec.name}."
+        dedup = DedupSettings.parse(own + "dedup" if spec.dedup is not None else "dedup",
+                                    self.dedup if spec.dedup is None else spec.dedup, errors)
+        decon = DecontaminationSettings.parse(own + "decontaminate" if spec.decontaminate is not None
+                                              else "decontaminate",
+                                              self.decontaminate if spec.decontaminate is None else spec.decontaminate,
+                                              errors)
+        return dedup, decon
+
+    def screening(self, spec: SourceSpec) -> tuple[DedupSettings | None, DecontaminationSettings | None]:
+        """The source's effective (dedup, decontamination) settings; None where the step is off."""
+        self.source_specs()
+        return self._screening[spec.name]
+
     def source_specs(self) -> list[SourceSpec]:
         if not hasattr(self, "_specs"):
             errors = self.validate()
@@ -119,9 +151,15 @@ class PrepareConfig:
 
     def settings(self, spec: SourceSpec, dtype: str) -> dict:
         """Everything that determines a source's token streams and document boundaries (compared on a rerun)."""
-        return {"source": spec.to_dict(), "tokenizer": self.tokenizer, "bos": self.bos, "eos": self.eos,
-                "dtype": dtype, "validation_every": self.validation_every,
-                "validation_documents": self.validation_documents, "max_chars_per_piece": self.max_chars_per_piece}
+        out = {"source": spec.to_dict(), "tokenizer": self.tokenizer, "bos": self.bos, "eos": self.eos,
+               "dtype": dtype, "validation_every": self.validation_every,
+               "validation_documents": self.validation_documents, "max_chars_per_piece": self.max_chars_per_piece}
+        dedup, decon = self.screening(spec)  # only when on: earlier manifests (no such keys) still compare equal
+        if dedup is not None:
+            out["dedup"] = dedup.to_dict()
+        if decon is not None:
+            out["decontaminate"] = {k: v for k, v in decon.to_dict().items() if k != "eval_data_dir"}
+        return out
 
     def layout(self) -> dict:
         """What only decides where shards are cut: changing it changes file boundaries, never the token streams
@@ -167,6 +205,7 @@ def prepare_sources(cfg: PrepareConfig) -> Path:
     todo = [s for s in specs if not _is_done(cfg, s, out / s.name)]
     if not todo:
         log.info("all %d source(s) already prepared in %s", len(specs), out)
+        write_report(out, [s.name for s in specs])
         return out
 
     if cfg.build_demo:
@@ -187,8 +226,6 @@ def prepare_sources(cfg: PrepareConfig) -> Path:
         for flag, tid in (("bos", tok.bos_token_id), ("eos", tok.eos_token_id)):
             if getattr(cfg, flag) and tid is None:
                 raise ValueError(f"{flag}: true, but tokenizer {cfg.tokenizer!r} has no {flag.upper()} token")
-        encoder_spec = EncoderSpec.of(tok, tok.bos_token_id if cfg.bos else None,
-                                      tok.eos_token_id if cfg.eos else None, cfg.max_chars_per_piece, dtype)
         for spec in todo:
             folder = out / spec.name
             manifest = read_manifest(folder)
@@ -203,6 +240,11 @@ def prepare_sources(cfg: PrepareConfig) -> Path:
             readers[spec.name].check()  # the text and filter fields are in the data; the source is not empty
         if cfg.tokenizer_check:  # tokenizer.json gives its tokenizer.model's ids (SentencePiece), else stop
             check_preparation_tokenizer(cfg.tokenizer, tok.json, [readers[spec.name] for spec in todo])
+        screens = _screen_specs(cfg, todo)  # the evaluation suites' test items are read here (decontamination)
+        for spec in todo:
+            _check_screen_resume(out / spec.name, screens.get(spec.name))
+        encoder_spec = EncoderSpec.of(tok, tok.bos_token_id if cfg.bos else None,
+                                      tok.eos_token_id if cfg.eos else None, cfg.max_chars_per_piece, dtype, screens)
         encoder = None
         if workers > 0:
             # The workers start once every cheap check has passed, and build their encoders (and run the splitting
@@ -218,11 +260,52 @@ def prepare_sources(cfg: PrepareConfig) -> Path:
         # ---- the config, the tokenizer and the sources are checked; nothing is written yet ----
 
         for spec in todo:
-            prepare_source(cfg, spec, readers[spec.name], tok, dtype, out / spec.name, encoder, pool)
+            prepare_source(cfg, spec, readers[spec.name], tok, dtype, out / spec.name, encoder, pool,
+                           screens.get(spec.name))
     finally:
         if pool is not None:
             pool.shutdown()
+    write_report(out, [s.name for s in specs])
     return out
+
+
+def _screen_specs(cfg: PrepareConfig, specs: list[SourceSpec]) -> dict[str, ScreenSpec]:
+    """Per source with dedup or decontamination on, what its workers need (test items loaded once per setting)."""
+    out: dict[str, ScreenSpec] = {}
+    indexes: dict = {}
+    for spec in specs:
+        dedup, decon = cfg.screening(spec)
+        if dedup is None and decon is None:
+            continue
+        index = None
+        if decon is not None:
+            key = (decon.suites, decon.ngram, decon.eval_data_dir)
+            if key not in indexes:
+                from .decontaminate import TestIndex, load_test_items
+
+                items = load_test_items(list(decon.suites), decon.eval_data_dir)
+                indexes[key] = TestIndex.build(items, decon.ngram)
+            index = indexes[key]
+        out[spec.name] = ScreenSpec(dedup, dedup.bands() if dedup is not None else None, decon, index)
+    return out
+
+
+def _index_fingerprint(screen: ScreenSpec | None) -> str | None:
+    if screen is None or screen.decontaminate is None:
+        return None
+    return screen.index.fingerprint()
+
+
+def _check_screen_resume(folder: Path, screen: ScreenSpec | None) -> None:
+    """A half-prepared source resumes only against the same benchmark items it was checked against so far."""
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("complete") or not manifest["stats"]["rows_read"]:
+        return
+    old, new = manifest.get("decontamination_index"), _index_fingerprint(screen)
+    if old != new:
+        raise ValueError(f"{folder / 'manifest.json'}: this source was partly prepared against other benchmark test "
+                         f"items (the evaluation data changed); resuming would check its documents unevenly: prepare "
+                         f"it again with --overwrite true, or restore the evaluation data")
 
 
 def _worker_count(cfg: PrepareConfig, readers: dict[str, SourceReader]) -> int:
@@ -315,18 +398,19 @@ def _batches(cfg: PrepareConfig, reader: SourceReader, start: Position) -> Itera
     yield _Batch(records, positions, last=True)
 
 
-def _encoded(batches: Iterator[_Batch], parser, encoder: Encoder | None, pool: "_WorkerPool | None"):
+def _encoded(batches: Iterator[_Batch], parser, encoder: Encoder | None, pool: "_WorkerPool | None", source: str,
+             screener=None):
     """(batch, (ids, lengths, reasons)) in input order, at most ``4 x workers + 4`` batches in flight: results are
     taken in order, so the window must let the other workers go on while one is slow (preempted on a shared machine,
     or given a batch of long documents)."""
     if pool is None:
         for b in batches:
-            yield b, encode_records(encoder, parser, b.records)
+            yield b, encode_records(encoder, parser, b.records, screener)
         return
     pending: collections.deque = collections.deque()
     try:
         for b in batches:
-            pending.append((b, pool.submit(encode_in_worker, parser, b.records)))
+            pending.append((b, pool.submit(encode_in_worker, parser, b.records, source)))
             while len(pending) > 4 * pool.workers + 4:
                 b0, r = pending.popleft()
                 yield b0, r.result()
@@ -352,8 +436,12 @@ def _clean(folder: Path, manifest: dict) -> None:
         p.unlink() if p.is_file() else shutil.rmtree(p, ignore_errors=True)
 
 
-def _commit(folder: Path, manifest: dict, writers: dict[str, ShardWriter], state: dict, complete: bool) -> None:
-    """Close the open shards and record them, with the reading position, in the manifest (atomically)."""
+def _commit(folder: Path, manifest: dict, writers: dict[str, ShardWriter], state: dict, complete: bool,
+            screen: SourceScreen | None = None) -> None:
+    """Close the open shards and record them, with the reading position, in the manifest (atomically). The dedup
+    index commits first: a kill between the two leaves it ahead of the manifest, which ``DedupIndex.open`` undoes."""
+    if screen is not None:
+        screen.commit(manifest, state["rows"])
     for split, w in writers.items():
         entry = w.close()
         if entry is not None:
@@ -370,8 +458,10 @@ def _commit(folder: Path, manifest: dict, writers: dict[str, ShardWriter], state
 
 
 def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, tok: TokenizerInfo, dtype: str,
-                   folder: Path, encoder: Encoder | None, pool: "_WorkerPool | None") -> dict:
-    """Prepare one source with ``encoder`` in this process, or with the worker ``pool``."""
+                   folder: Path, encoder: Encoder | None, pool: "_WorkerPool | None",
+                   screen_spec: ScreenSpec | None = None) -> dict:
+    """Prepare one source with ``encoder`` in this process, or with the worker ``pool``; ``screen_spec``: its
+    deduplication and decontamination, if on."""
     manifest = read_manifest(folder)
     if manifest is not None and cfg.overwrite:
         log.info("%s: --overwrite: removing the previous preparation", spec.name)
@@ -379,6 +469,9 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
             shutil.rmtree(folder / split, ignore_errors=True)
         (folder / "manifest.json").unlink()
         manifest = None
+    if manifest is None:
+        for p in folder.glob(INDEX_FILE + "*"):  # a dedup index without its manifest belongs to no run
+            p.unlink()
     if manifest is None:
         manifest = {
             "format": FORMAT, "source": spec.name, "complete": False, "dtype": dtype,
@@ -392,6 +485,9 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
                       "skipped": {}},
             "splits": {s: [] for s in SPLITS},
         }
+        fingerprint = _index_fingerprint(screen_spec)
+        if fingerprint is not None:
+            manifest["decontamination_index"] = fingerprint
         folder.mkdir(parents=True, exist_ok=True)
     elif manifest.get("complete"):
         return manifest
@@ -408,18 +504,33 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
 
     t0, new_tokens = time.perf_counter(), 0
     limit = spec.max_documents
+    screen = SourceScreen(screen_spec, folder, manifest) if screen_spec is not None else None
+    screener = None
+    if screen_spec is not None and pool is None:
+        from .screen import Screener
+
+        screener = Screener(screen_spec)
     bar = tqdm(desc=spec.name, unit=" docs", disable=None, file=sys.stderr, initial=state.documents)
     try:
-        for batch, (ids, lengths, reasons) in _encoded(_batches(cfg, reader, state.position), reader.parser,
-                                                       encoder, pool):
+        for batch, (ids, lengths, reasons, screened) in _encoded(_batches(cfg, reader, state.position),
+                                                                 reader.parser, encoder, pool, spec.name, screener):
+            # the dedup and decontamination verdicts of the encoded documents, decided in input order
+            if screen is not None:
+                doc_rows = [state.rows + i for i, r in enumerate(reasons) if r is None]
+                verdicts = iter(screen.decide(screened, doc_rows))
             # account for the rows in input order: skip reasons, the validation selection, the document limit
-            val, done = [], False
+            keep, val, done = [], [], False
             for reason, pos in zip(reasons, batch.positions):
                 state.rows += 1
                 state.position = pos
+                if reason is None and screen is not None:
+                    reason = next(verdicts)
+                    if reason is not None:
+                        keep.append(False)
                 if reason is not None:
                     state.skipped[reason] += 1
                     continue
+                keep.append(True)
                 d = state.documents
                 state.documents += 1
                 val.append(cfg.validation_documents > 0 and d % cfg.validation_every == 0
@@ -427,9 +538,11 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
                 if limit and state.documents >= limit:
                     done = True
                     break
-            if len(val) < len(lengths):  # stopped at the document limit
-                lengths = lengths[:len(val)]
-                ids = ids[:int(lengths.sum())]
+            if len(val) < len(lengths):  # documents dropped by the screens, or past the document limit
+                mask = np.zeros(len(lengths), dtype=bool)
+                mask[:len(keep)] = keep
+                ids = ids[np.repeat(mask, lengths)]
+                lengths = lengths[mask]
             if len(lengths):
                 val = np.array(val, dtype=bool)
                 if val.any():
@@ -446,7 +559,7 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
                 if last and state.documents == 0:
                     raise ValueError(f"source '{spec.name}': no documents in {reader.describe()} (rows read: "
                                      f"{state.rows}; skipped: {dict(state.skipped) or 'none'})")
-                _commit(folder, manifest, writers, state.snapshot(), complete=last)
+                _commit(folder, manifest, writers, state.snapshot(), complete=last, screen=screen)
             if last:
                 break
     except BaseException:
@@ -455,6 +568,8 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
         raise
     finally:
         bar.close()
+        if screen is not None:
+            screen.close()
     dt = time.perf_counter() - t0
     st = manifest["stats"]
     log.info("%s: %d train + %d validation documents, %d + %d tokens (%d new in %.1fs, %.0f tokens/s); skipped: %s",

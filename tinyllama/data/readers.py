@@ -62,9 +62,11 @@ class SourceSpec:
     split: str = "train"
     revision: str | None = None
     max_documents: int | None = None  # stop after this many documents (a smoke test of a real config)
+    dedup: Any = None  # this source's own dedup: / decontaminate: (None: the config's top-level value)
+    decontaminate: Any = None
 
     KEYS = ("path", "format", "text_field", "filters", "subset", "data_dir", "data_files", "split", "revision",
-            "max_documents")
+            "max_documents", "dedup", "decontaminate")
 
     @classmethod
     def from_dict(cls, name: str, spec: Any, errors: list[str]) -> "SourceSpec | None":
@@ -117,10 +119,13 @@ class SourceSpec:
         return cls(name=name, path=spec["path"], format=fmt, text_field=spec.get("text_field", "text"),
                    filters=filters, subset=spec.get("subset"), data_dir=spec.get("data_dir"),
                    data_files=spec.get("data_files"), split=spec.get("split", "train"),
-                   revision=spec.get("revision"), max_documents=md)
+                   revision=spec.get("revision"), max_documents=md, dedup=spec.get("dedup"),
+                   decontaminate=spec.get("decontaminate"))
 
     def to_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in self.KEYS if k != "filters"}
+        # the screening keys only when given: manifests written before they existed still compare equal
+        out = {k: getattr(self, k) for k in self.KEYS if k != "filters"
+               and not (k in ("dedup", "decontaminate") and getattr(self, k) is None)}
         out["filters"] = [{"field": f.field, **({"in": f.in_} if f.in_ is not None else {"not_in": f.not_in})}
                           for f in self.filters]
         return out

@@ -18,8 +18,9 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -148,10 +149,13 @@ class EncoderSpec:
     eos_id: int | None
     max_chars: int
     dtype: str
+    screens: dict[str, Any] = field(default_factory=dict)  # source name -> screen.ScreenSpec (dedup, decontam.)
 
     @classmethod
-    def of(cls, tok: TokenizerInfo, bos_id: int | None, eos_id: int | None, max_chars: int, dtype: str):
-        return cls(tok.json, tok.continuation_json if max_chars > 0 else None, bos_id, eos_id, max_chars, dtype)
+    def of(cls, tok: TokenizerInfo, bos_id: int | None, eos_id: int | None, max_chars: int, dtype: str,
+           screens: dict[str, Any] | None = None):
+        return cls(tok.json, tok.continuation_json if max_chars > 0 else None, bos_id, eos_id, max_chars, dtype,
+                   dict(screens or {}))
 
 
 class Encoder:
@@ -212,19 +216,20 @@ class Encoder:
         return out, lengths
 
 
-def encode_records(encoder: Encoder, parser, records: list) -> tuple[np.ndarray, np.ndarray, list]:
+def encode_records(encoder: Encoder, parser, records: list, screener=None) -> tuple:
     """Parse and filter raw records (``readers.RowParser``), encode the documents: (ids, lengths, skip reason or
-    None per record)."""
+    None per record, what ``screener`` (``screen.Screener``) says of each document or None)."""
     texts, reasons = [], []
     for record in records:
         text, reason = parser.parse(record)
         reasons.append(reason)
         if reason is None:
             texts.append(text)
+    screened = screener.screen(texts) if screener is not None else None
     if not texts:
-        return np.empty(0, dtype=encoder.dtype), np.empty(0, dtype=np.int64), reasons
+        return np.empty(0, dtype=encoder.dtype), np.empty(0, dtype=np.int64), reasons, screened
     ids, lengths = encoder.encode(texts)
-    return ids, lengths, reasons
+    return ids, lengths, reasons, screened
 
 
 # ---- worker-process side ----------------------------------------------------------------------------------------
@@ -242,8 +247,21 @@ def init_worker(specs) -> None:
 
 def _worker_encoder() -> Encoder:
     if "encoder" not in _WORKER:
-        _WORKER["encoder"] = Encoder(_WORKER["specs"].get())
+        spec = _WORKER["specs"].get()
+        _WORKER["encoder"] = Encoder(spec)
+        _WORKER["screens"] = spec.screens
+        _WORKER["screeners"] = {}
     return _WORKER["encoder"]
+
+
+def _worker_screener(source: str | None):
+    if source is None or source not in _WORKER["screens"]:
+        return None
+    if source not in _WORKER["screeners"]:
+        from .screen import Screener
+
+        _WORKER["screeners"][source] = Screener(_WORKER["screens"][source])
+    return _WORKER["screeners"][source]
 
 
 def load_worker_encoder() -> int:
@@ -254,5 +272,6 @@ def load_worker_encoder() -> int:
     return os.getpid()
 
 
-def encode_in_worker(parser, records: list) -> tuple[np.ndarray, np.ndarray, list]:
-    return encode_records(_worker_encoder(), parser, records)
+def encode_in_worker(parser, records: list, source: str | None = None) -> tuple:
+    encoder = _worker_encoder()
+    return encode_records(encoder, parser, records, _worker_screener(source))

@@ -1,0 +1,144 @@
+"""Screening documents during preparation: deduplication (``dedup.py``) and benchmark decontamination
+(``decontaminate.py``), configured by the ``dedup:`` and ``decontaminate:`` keys of a data config.
+
+The work is split in two so that the result does not depend on the number of worker processes:
+``Screener.screen(texts)`` runs in the tokenizer workers (a document's dedup keys and benchmark n-gram hits; the
+costly part), and ``SourceScreen.decide`` runs in the main process, in input order (the first of two duplicates is
+the one kept), with the dedup index on disk and the per-task contamination tally that goes into the manifest.
+Order of the checks: contaminated (when mode is drop), exact duplicate, near duplicate; a dropped document adds
+nothing to the dedup index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .dedup import DedupIndex, DedupSettings, Deduplicator
+
+DECON_MODES = ("report", "drop")
+
+
+@dataclass(frozen=True)
+class DecontaminationSettings:
+    """``decontaminate:`` in a data config (see docs/data.md)."""
+
+    suites: tuple[str, ...] = ("commonsense",)  # evaluation/suites/<name>.yaml whose tasks' test items are checked
+    ngram: int = 13  # words per n-gram (13: the GPT-3 paper's convention, also lm-eval's)
+    mode: str = "report"  # report: count and keep; drop: leave the document out
+    eval_data_dir: str | None = None  # local copies of the tasks' data (default: the EVAL_DATA_DIR environment var)
+
+    KEYS = ("suites", "ngram", "mode", "eval_data_dir")
+
+    @classmethod
+    def parse(cls, where: str, value: Any, errors: list[str]) -> "DecontaminationSettings | None":
+        if value is None or value is False:
+            return None
+        if value is True:
+            value = {}
+        if not isinstance(value, dict):
+            errors.append(f"{where}: expected true, false or a mapping of {', '.join(cls.KEYS)}; got {value!r}")
+            return None
+        n = len(errors)
+        for k in value:
+            if k not in cls.KEYS:
+                errors.append(f"{where}: unknown key '{k}' (known: {', '.join(cls.KEYS)})")
+        suites = value.get("suites", list(cls.suites))
+        if isinstance(suites, str):
+            suites = [suites]
+        if not isinstance(suites, list) or not suites or not all(isinstance(s, str) and s for s in suites):
+            errors.append(f"{where}.suites: expected a list of suite names (evaluation/suites/), got {suites!r}")
+        ngram = value.get("ngram", cls.ngram)
+        if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1:
+            errors.append(f"{where}.ngram: expected an integer >= 1, got {ngram!r}")
+        mode = value.get("mode", cls.mode)
+        if mode not in DECON_MODES:
+            errors.append(f"{where}.mode: expected one of {', '.join(DECON_MODES)}, got {mode!r}")
+        data_dir = value.get("eval_data_dir") or os.environ.get("EVAL_DATA_DIR") or None
+        if data_dir is not None and not isinstance(data_dir, str):
+            errors.append(f"{where}.eval_data_dir: expected a folder path, got {data_dir!r}")
+        if len(errors) > n:
+            return None
+        return cls(tuple(suites), ngram, mode, data_dir)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["suites"] = list(self.suites)
+        return d
+
+
+@dataclass(frozen=True)
+class ScreenSpec:
+    """What a worker needs to screen one source's documents (pickled once per worker, with the encoder spec)."""
+
+    dedup: DedupSettings | None
+    bands: tuple[int, int] | None
+    decontaminate: DecontaminationSettings | None
+    index: Any = None  # decontaminate.TestIndex
+
+    @property
+    def active(self) -> bool:
+        return self.dedup is not None or self.decontaminate is not None
+
+
+class Screener:
+    """Worker side: per document, its dedup keys (or None) and its benchmark hits (a list of (task, item))."""
+
+    def __init__(self, spec: ScreenSpec):
+        self.spec = spec
+        self.dedup = Deduplicator(spec.dedup, spec.bands) if spec.dedup is not None else None
+        self.index = spec.index if spec.decontaminate is not None else None
+
+    def screen(self, texts: list[str]) -> tuple[list | None, list | None]:
+        keys = [self.dedup.keys(t) for t in texts] if self.dedup is not None else None
+        hits = [self.index.find(t) for t in texts] if self.index is not None else None
+        return keys, hits
+
+
+class SourceScreen:
+    """Main-process side for one source: the dedup index and the contamination tally, decided in input order."""
+
+    def __init__(self, spec: ScreenSpec, folder: Path, manifest: dict):
+        self.spec = spec
+        rows = manifest["stats"]["rows_read"]
+        self.index = DedupIndex.open(folder, spec.dedup, rows) if spec.dedup is not None else None
+        self.tally = None
+        if spec.decontaminate is not None:
+            from .decontaminate import ContaminationTally
+
+            saved = manifest.get("contamination")
+            self.tally = (ContaminationTally.from_dict(saved) if saved else
+                          ContaminationTally.new(spec.index, spec.decontaminate.ngram, spec.decontaminate.mode,
+                                                 list(spec.decontaminate.suites)))
+
+    def decide(self, screened: tuple[list | None, list | None], rows: list[int]) -> list[str | None]:
+        """Per document of a batch (in order): None to keep it, or the reason it is dropped."""
+        keys, hits = screened
+        n = len(rows)
+        drop_contaminated = self.spec.decontaminate is not None and self.spec.decontaminate.mode == "drop"
+        verdicts: list[str | None] = [("contaminated" if drop_contaminated and hits[i] else None) for i in range(n)]
+        if self.index is not None:
+            verdicts = self.index.screen(keys, rows, verdicts)
+        if self.tally is not None:
+            for i in range(n):
+                if hits[i] and verdicts[i] in (None, "contaminated"):
+                    self.tally.add(hits[i])
+        return verdicts
+
+    def commit(self, manifest: dict, rows: int) -> None:
+        """Before the manifest is written: the dedup index's additions durable, the tally into the manifest."""
+        if self.index is not None:
+            self.index.commit(rows)
+        if self.tally is not None:
+            manifest["contamination"] = self.tally.to_dict()
+
+    def close(self) -> None:
+        if self.index is not None:
+            self.index.close()
+
+
+def settings_hash(obj: Any) -> str:
+    return hashlib.sha256(repr(obj).encode()).hexdigest()[:16]
