@@ -191,6 +191,29 @@ def test_prepare_killed_repeatedly(tmp_path, prep_reference):
                                                  "kill@shard_add:7"]) == 4
 
 
+@pytest.mark.faults_full
+def test_prepare_with_dedup_killed_between_index_and_manifest_resumes_identically(tmp_path):
+    """With deduplication on, ``kill@shard`` lands after the dedup index has committed and before the manifest
+    records the shard: the rerun must forget the index's extra rows, or it would drop the next documents as
+    duplicates of themselves."""
+    from tinyllama.data import prepare_data
+
+    def config(name):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(PREP.format(repo=REPO, out=tmp_path / name) + "dedup: true\n")
+        return ["--config", str(cfg)]
+
+    prepare_data(config("straight"))
+    for fault in ("kill@shard:2", "kill@shard_add:5", None):
+        proc = launch("scripts/prepare_data.py", config("out"), fault=fault)
+        assert proc.returncode == (0 if fault is None else KILLED), (fault, proc.stdout[-3000:])
+    assert shard_files(tmp_path / "out") == shard_files(tmp_path / "straight")
+    for source in ("slimpajama", "starcoderdata"):
+        stats = [json.loads((tmp_path / d / source / "manifest.json").read_text())["stats"] for d in ("out", "straight")]
+        assert stats[0] == stats[1]
+    record("prepare_dedup_kill_chain", exact=True)
+
+
 # ---- SFT with LoRA --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def sft_setup(tmp_path_factory, demo_paths):
