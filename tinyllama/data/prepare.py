@@ -36,7 +36,7 @@ from ..utils import TMP_PREFIX, RunStopped
 from .dedup import INDEX_FILE, DedupSettings
 from .readers import Position, SourceReader, SourceSpec
 from .report import write_report
-from .screen import DecontaminationSettings, ScreenSpec, SourceScreen
+from .screen import DecontaminationSettings, ScreenSpec, SourceScreen, index_fingerprint
 from .shards import FORMAT, MAX_SHARD_TOKENS, SPLITS, ShardWriter, check_shards, read_manifest, shard_paths, \
     write_manifest
 from .tokenize import Encoder, EncoderSpec, TokenizerInfo, encode_in_worker, encode_records, init_worker, \
@@ -293,7 +293,7 @@ def _screen_specs(cfg: PrepareConfig, specs: list[SourceSpec]) -> dict[str, Scre
 def _index_fingerprint(screen: ScreenSpec | None) -> str | None:
     if screen is None or screen.decontaminate is None:
         return None
-    return screen.index.fingerprint()
+    return index_fingerprint(screen.index)
 
 
 def _check_screen_resume(folder: Path, screen: ScreenSpec | None) -> None:

@@ -110,9 +110,9 @@ class SourceScreen:
             from .decontaminate import ContaminationTally
 
             saved = manifest.get("contamination")
-            self.tally = (ContaminationTally.from_dict(saved) if saved else
-                          ContaminationTally.new(spec.index, spec.decontaminate.ngram, spec.decontaminate.mode,
-                                                 list(spec.decontaminate.suites)))
+            self.tally = (ContaminationTally.from_dict(saved, spec.index) if saved else
+                          ContaminationTally.for_index(spec.index, spec.decontaminate.mode,
+                                                       list(spec.decontaminate.suites)))
 
     def decide(self, screened: tuple[list | None, list | None], rows: list[int]) -> list[str | None]:
         """Per document of a batch (in order): None to keep it, or the reason it is dropped."""
@@ -140,5 +140,9 @@ class SourceScreen:
             self.index.close()
 
 
-def settings_hash(obj: Any) -> str:
-    return hashlib.sha256(repr(obj).encode()).hexdigest()[:16]
+def index_fingerprint(index) -> str:
+    """sha256 of a ``decontaminate.TestIndex``: its n, tasks, item counts and n-gram arrays."""
+    h = hashlib.sha256(repr((index.n, list(index.tasks), index.items.tolist(), index.too_short.tolist())).encode())
+    for a in (index.hashes, index.starts, index.task_idx, index.item_idx):
+        h.update(a.tobytes())
+    return h.hexdigest()
