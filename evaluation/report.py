@@ -165,7 +165,7 @@ def _mark(count: TaskCount | None) -> str:
     if count is None:
         return ""
     if count.seen:
-        return f" (!{count.seen} of {count.items})"
+        return f" (!{count.seen} of {count.items}{'' if count.checked else ', ?'})"
     return "" if count.checked else " (?)"
 
 
@@ -181,8 +181,8 @@ def contamination_notes(rows: list[ResultSet], columns, labels) -> list[str]:
                      f"{n}-word sequence, after lower-casing and removing punctuation): the score rests partly on "
                      f"items seen in training.")
     if any(not c.checked for _, cs in counted for c in cs.values()):
-        notes.append("(?) not checked for contamination against all of this model's training data: "
-                     "see the data below.")
+        notes.append("(?) not checked for contamination against all of this model's training data (see the data "
+                     "below): not known to be clean; beside a count, the count is a lower bound.")
     for rs, cs in counted:
         if rs.training is None:
             if any(other.training is not None for other in rows):

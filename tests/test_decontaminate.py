@@ -247,7 +247,7 @@ def test_report_marks_contaminated_tasks_from_the_model_metadata(report, tmp_pat
     bare.mkdir(parents=True)
     md, _ = report.build_report([_result(tmp_path / "b", bare)], None, data_dirs=[data])
     # "unused" is part of the folder given, and unchecked: a score not already marked seen is "(?)", not clean
-    assert _row(md, "step-000002")[2:5] == ["50.00 (!2 of 3)", "50.00 (?)", "50.00 (!1 of 3)"]
+    assert _row(md, "step-000002")[2:5] == ["50.00 (!2 of 3, ?)", "50.00 (?)", "50.00 (!1 of 3, ?)"]
     assert f"{data / 'unused'} (not checked: prepared without decontamination)" in md
     md_no_data, _ = report.build_report([_result(tmp_path / "c", bare)], None)
     assert "(!" not in md_no_data and "(?)" not in md_no_data and "Contamination" not in md_no_data
@@ -282,7 +282,7 @@ def test_report_sums_a_group_over_its_leaf_tasks_and_follows_init_from(report, t
     # an earlier stage whose data is not recorded: not claimed clean
     (first / "training_metadata.json").write_text(json.dumps({"step": 10}))
     md, _ = report.build_report([_result(tmp_path / "y", second, tasks)], None)
-    assert _row(md, "step-000020")[2] == "50.00 (!2 of 6)"
+    assert _row(md, "step-000020")[2] == "50.00 (!2 of 6, ?)"  # at least 2: stage 1 is unknown
     assert f"initialised from {first}, whose training data is not recorded" in md
 
 
@@ -294,3 +294,13 @@ def test_exports_record_the_training_data_folder(tmp_path):
                            data_dir=str(tmp_path / "data"))
     meta = Checkpointer.metadata(SimpleNamespace(args=args), TrainState(step=3, tokens=96))
     assert meta["data_dir"] == str((tmp_path / "data").resolve()) and meta["mixture"] == {"web": 1.0}
+
+
+def test_benchmark_script_runs_and_prints_its_table():
+    import subprocess
+
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark_decontaminate.py"), "--mb", "0.2",
+                        "--items", "300", "--repeat", "1"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| TestIndex.find")]
+    assert len(rows) == 1 and rows[0].rstrip("|").split("|")[-1].strip().endswith("%")

@@ -174,7 +174,10 @@ class TestIndex:
     """The n-grams of every evaluation item, as arrays (compact, and cheap to pickle to worker processes).
 
     ``hashes`` holds each distinct n-gram hash once, sorted; the (task, item) pairs that contain ``hashes[k]`` are
-    ``task_idx[starts[k]:starts[k + 1]]`` / ``item_idx[...]`` (an n-gram can occur in several items). ``items[t]``
+    ``task_idx[starts[k]:starts[k + 1]]`` / ``item_idx[...]`` (an n-gram can occur in several items). ``bitmap`` is a
+    one-hash Bloom filter of ``hashes`` (bit ``h >> shift`` set; at least 16 bits per n-gram, so about 6% of the
+    n-grams of a clean document pass it): most of a document's n-grams are rejected by one gather, and only the rest
+    are searched in ``hashes`` (3-4 times faster than searching them all). ``items[t]``
     is the number of items of ``tasks[t]``, ``too_short[t]`` how many of them have fewer than ``n`` words: those
     have no n-gram and cannot be found in any document.
     """
@@ -189,6 +192,8 @@ class TestIndex:
     starts: np.ndarray  # int64, len(hashes) + 1
     task_idx: np.ndarray  # int32
     item_idx: np.ndarray  # int32
+    bitmap: np.ndarray  # uint8, packed bits
+    shift: int
 
     @classmethod
     def build(cls, items: dict[str, list[str]], n: int = DEFAULT_NGRAM) -> "TestIndex":
@@ -217,12 +222,21 @@ class TestIndex:
         else:
             hashes, starts = np.empty(0, np.uint64), np.zeros(1, np.int64)
             ti, ii = np.empty(0, np.int32), np.empty(0, np.int32)
+        bits = max(20, int(np.ceil(np.log2(max(1, 16 * len(hashes))))))  # 2**bits >= 16 bits per n-gram
+        shift = 64 - bits
+        slots = (hashes >> np.uint64(shift)).astype(np.int64)
+        bitmap = np.zeros(1 << (bits - 3), np.uint8)
+        np.bitwise_or.at(bitmap, slots >> 3, np.left_shift(1, slots & 7).astype(np.uint8))
         return cls(n=n, tasks=list(items), items=np.asarray(counts, np.int64), too_short=np.asarray(short, np.int64),
-                   hashes=hashes, starts=starts, task_idx=ti, item_idx=ii)
+                   hashes=hashes, starts=starts, task_idx=ti, item_idx=ii, bitmap=bitmap, shift=shift)
 
     def find_ngrams(self, ngrams: np.ndarray) -> list[tuple[int, int]]:
         """Like :meth:`find`, for n-gram hashes already computed (``ngrams.text_ngrams(text, self.n)``)."""
         if not len(ngrams) or not len(self.hashes):
+            return []
+        slots = (ngrams >> np.uint64(self.shift)).astype(np.int64)
+        ngrams = ngrams[(self.bitmap[slots >> 3] >> (slots & 7).astype(np.uint8)) & 1 == 1]
+        if not len(ngrams):
             return []
         pos = np.searchsorted(self.hashes, ngrams)
         pos[pos == len(self.hashes)] = 0
