@@ -153,6 +153,8 @@ def contamination_counts(rs: ResultSet, columns) -> dict[str, TaskCount]:
     if rs.training is None:
         return {}
     known = rs.training.known_tasks()
+    if not known:  # nothing of this training data was checked: one footnote says so, rather than a "?" per cell
+        return {}
     out = {}
     for t in columns:
         count = rs.training.count(leaf_task_names(t, known))

@@ -263,6 +263,11 @@ def test_report_says_not_checked_and_leaves_dropped_items_unmarked(report, tmp_p
     md, _ = report.build_report([_result(tmp_path / "x", tmp_path / "m" / "step-000004")], None, data_dirs=[data])
     assert _row(md, "step-000004")[2:5] == ["50.00 (?)", "50.00 (?)", "50.00 (?)"]
     assert "not checked: prepared without decontamination" in md
+    # none of the training data checked: no mark in any cell, and the footnote says so
+    md, _ = report.build_report([_result(tmp_path / "z", tmp_path / "m" / "step-000005")], None,
+                                data_dirs=[data / "raw"])
+    assert _row(md, "step-000005")[2:5] == ["50.00", "50.00", "50.00"]
+    assert f"step-000005: trained on {data / 'raw'} (not checked: prepared without decontamination)." in md
 
 
 def test_report_sums_a_group_over_its_leaf_tasks_and_follows_init_from(report, tmp_path):

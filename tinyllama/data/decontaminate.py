@@ -161,8 +161,10 @@ def load_test_items(suites: list[str], eval_data_dir: str | os.PathLike | None) 
         if errors:
             raise ValueError("decontamination: evaluation tasks not available:\n"
                              + "\n".join(f"  - {e}" for e in errors))
+        from tqdm.auto import tqdm
+
         items = {}
-        for name, task in loaded.items():
+        for name, task in tqdm(loaded.items(), desc="evaluation items", unit="task", total=len(loaded)):
             items[name] = [item_text(task, doc) for doc in task.eval_docs]
             log.info("decontamination: %s: %d items", name, len(items[name]))
     return items
