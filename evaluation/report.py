@@ -12,6 +12,12 @@ then TinyLlama's reference rows for the same tasks and metric (evaluation/refere
 source). With two or more results that know their tokens seen (``training_metadata.json`` in the model
 folder), ``DIR/<suite>.png`` plots each task's score over tokens seen, with TinyLlama's checkpoints for scale.
 The table is printed and written to ``DIR/report.md`` (default DIR: outputs/eval/report).
+
+Contamination: a score whose task had evaluation items in the model's training data is marked ``(!12 of 10042)``
+(items found by data preparation's decontamination, ``tinyllama/data/decontaminate.py``), ``(?)`` when not all of
+the training data was checked against the task; footnotes name the sources. The training data is read from
+``--data_dir DIR...`` (prepared data folders, for every row), else from each model folder's
+``training_metadata.json`` (its data folder and mixture); a model that records neither gets no mark.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from tinyllama.evaluation import (
     pick_metric,
     read_training_metadata,
 )
+from tinyllama.evaluation.contamination import TaskCount, TrainingData, from_data_dirs, from_training_metadata, \
+    leaf_task_names
 from tinyllama.utils import atomic_write_text, entry_point, setup_logging
 
 
@@ -50,6 +58,8 @@ class ResultSet:
     scores: dict = dataclasses.field(default_factory=dict)  # task -> score in % (or perplexity numbers)
     metrics: dict = dataclasses.field(default_factory=dict)  # task -> the metric key shown
     labels: dict = dataclasses.field(default_factory=dict)  # task -> column header
+    model: str | None = None  # the model folder (or Hub id) evaluated
+    training: TrainingData | None = None  # its training data, when known (for the contamination marks)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -97,7 +107,7 @@ def load_result_set(folder: Path) -> ResultSet:
         scores = json.loads((folder / PERPLEXITY_RESULTS_FILE).read_text(encoding="utf-8"))
         return ResultSet(label=info.get("label") or folder.parent.name, suite="perplexity", path=folder,
                          run=info.get("run"), tokens_seen=info.get("tokens_seen"), step=info.get("step"),
-                         scores=scores)
+                         scores=scores, model=info.get("model"))
     results = load_results(folder)
     if not results:
         raise FileNotFoundError(f"{folder}: no results_*.json (did the evaluation finish?)")
@@ -106,6 +116,7 @@ def load_result_set(folder: Path) -> ResultSet:
         suite = info["suite"]
         label, run, tokens, step, limit = info.get("label"), info.get("run"), info.get("tokens_seen"), \
             info.get("step"), info.get("limit")
+        model = info.get("model")
     else:  # a plain lm-eval output folder
         suite = _guess_suite(results) or "other"
         tasks = ([dataclasses.asdict(t) for t in load_suite(suite).tasks] if suite != "other"
@@ -119,7 +130,7 @@ def load_result_set(folder: Path) -> ResultSet:
     for f in folder.glob("results_*.json"):  # --limit may also have come as an extra lm-eval argument
         limit = limit or (json.loads(f.read_text(encoding="utf-8")).get("config") or {}).get("limit")
     rs = ResultSet(label=label or folder.parent.name, suite=suite, path=folder, run=run, tokens_seen=tokens,
-                   step=step, limit=limit)
+                   step=step, limit=limit, model=model)
     for t in tasks:
         rs.labels[t["task"]] = t.get("label") or t["task"]
         if t["task"] in results and (picked := pick_metric(results[t["task"]], t.get("metric"))):
@@ -135,6 +146,63 @@ def _avg(values) -> float | None:
 
 def _cell(v, digits=2) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
+
+
+def contamination_counts(rs: ResultSet, columns) -> dict[str, TaskCount]:
+    """``{task: TaskCount}`` for the columns of a row whose training data is known (else empty)."""
+    if rs.training is None:
+        return {}
+    known = rs.training.known_tasks()
+    if not known:  # nothing of this training data was checked: one footnote says so, rather than a "?" per cell
+        return {}
+    out = {}
+    for t in columns:
+        count = rs.training.count(leaf_task_names(t, known))
+        if count is not None:
+            out[t] = count
+    return out
+
+
+def _mark(count: TaskCount | None) -> str:
+    if count is None:
+        return ""
+    if count.seen:
+        return f" (!{count.seen} of {count.items}{'' if count.checked else ', ?'})"
+    return "" if count.checked else " (?)"
+
+
+def contamination_notes(rows: list[ResultSet], columns, labels) -> list[str]:
+    """The footnotes under a suite table: what the marks mean, which data each row was checked against."""
+    notes, counted = [], [(rs, contamination_counts(rs, columns)) for rs in rows]
+    if not any(rs.training is not None for rs in rows):
+        return notes
+    ngram = sorted({sec["ngram"] for rs in rows if rs.training for sec in rs.training._sections.values()})
+    n = "/".join(map(str, ngram)) or "13"
+    if any(c.seen for _, cs in counted for c in cs.values()):
+        notes.append(f"(!k of N) k of the task's N evaluation items occur in this model's training data (any shared "
+                     f"{n}-word sequence, after lower-casing and removing punctuation): the score rests partly on "
+                     f"items seen in training.")
+    if any(not c.checked for _, cs in counted for c in cs.values()):
+        notes.append("(?) not checked for contamination against all of this model's training data (see the data "
+                     "below): not known to be clean; beside a count, the count is a lower bound.")
+    for rs, cs in counted:
+        if rs.training is None:
+            if any(other.training is not None for other in rows):
+                notes.append(f"{rs.label}: training data unknown (no contamination check).")
+            continue
+        notes.append(f"{rs.label}: trained on {rs.training.describe() or 'no prepared source found'}.")
+        short = [f"{labels.get(t, t)} {c.too_short}" for t, c in cs.items() if c.too_short]
+        if short:
+            notes.append(f"{rs.label}: items too short to check (fewer than {n} words): {', '.join(short)}.")
+        dropped = [f"{labels.get(t, t)} {c.dropped}" for t, c in cs.items() if c.dropped]
+        if dropped:
+            notes.append(f"{rs.label}: items found in documents left out of training (mode drop; not marked): "
+                         f"{', '.join(dropped)}.")
+        unchecked = [labels.get(t, t) for t, c in cs.items() if not c.checked]
+        if unchecked and rs.training.sources and not rs.training.unknown and not rs.training.unchecked_sources():
+            notes.append(f"{rs.label}: not checked against {', '.join(unchecked)} (not in the suites the data was "
+                         f"checked against).")
+    return notes
 
 
 def _sort_key(rs: ResultSet):
@@ -167,7 +235,10 @@ def suite_table(suite: str, results: list[ResultSet], reference: dict) -> str:
         values = [rs.scores.get(t) for t in columns]
         name = rs.label + ("†" if rs.limit else "")
         limited |= bool(rs.limit)
-        lines.append(f"| {name} | {fmt_tokens(rs.tokens_seen)} | " + " | ".join(_cell(v) for v in values)
+        counts = contamination_counts(rs, columns)
+        lines.append(f"| {name} | {fmt_tokens(rs.tokens_seen)} | "
+                     + " | ".join(_cell(v) + (_mark(counts.get(t)) if v is not None else "")
+                                  for t, v in zip(columns, values))
                      + f" | {_cell(_avg(values))} |")
     if ref:
         # A reference number is shown only under the same metric (never acc beside acc_norm).
@@ -185,6 +256,9 @@ def suite_table(suite: str, results: list[ResultSet], reference: dict) -> str:
             lines += ["", f"*Italic rows: TinyLlama's published scores ({ref['source']}).*"]
     if limited:
         lines += ["", "† evaluated on a subset (lm-eval --limit): not comparable with full-set scores."]
+    notes = contamination_notes(rows, columns, labels)
+    if notes:
+        lines += ["", "Contamination (evaluation items in the training data):", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines)
 
 
@@ -278,9 +352,20 @@ def plot_suite(suite: str, results: list[ResultSet], reference: dict, out: Path)
     return path
 
 
-def build_report(paths, out: Path | None) -> tuple[str, list[Path]]:
+def attach_training_data(results: list[ResultSet], data_dirs=None) -> None:
+    """Each row's training data: the prepared data folders given, else what its model folder records."""
+    given = from_data_dirs(data_dirs) if data_dirs else None
+    for rs in results:
+        if given is not None:
+            rs.training = given
+        elif rs.model and Path(rs.model).is_dir():
+            rs.training = from_training_metadata(rs.model)
+
+
+def build_report(paths, out: Path | None, data_dirs=None) -> tuple[str, list[Path]]:
     reference = load_reference()
     results = [load_result_set(f) for f in find_result_folders(paths)]
+    attach_training_data(results, data_dirs)
     markdown = render_markdown(results, reference)
     plots = []
     if out is not None:
@@ -299,8 +384,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", help="result folders or files (searched recursively)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "report"), help="where report.md and the plots go")
+    p.add_argument("--data_dir", nargs="+", default=None,
+                   help="prepared data folder(s) the models were trained on, for the contamination marks (default: "
+                        "what each model folder's training_metadata.json records)")
     a = p.parse_args(argv)
-    markdown, plots = build_report(a.results, Path(a.out))
+    markdown, plots = build_report(a.results, Path(a.out), a.data_dir)
     print(markdown)
     print(f"\nwritten: {Path(a.out) / 'report.md'}" + "".join(f", {p}" for p in plots), file=sys.stderr)
     return 0

@@ -15,6 +15,8 @@ order the work flows:
 - ``results.py``: reads the results back (:func:`summarize`); :func:`run_suite` does all of it for the
   pretraining loop;
 - ``perplexity.py``: held-out perplexity and bits per byte;
+- ``contamination.py``: a model's training data (its ``training_metadata.json``, or given folders) and the
+  evaluation items its sources' manifests found in it, for the report's marks (``evaluation/report.py``);
 - ``cli.py``: the command line; ``layout.py``: folder and file names.
 
 Command line (``evaluation/run_lm_eval.sh`` calls the first form)::
