@@ -28,20 +28,29 @@ def _row(text, name=SET):
     return {"text": text, "meta": {"redpajama_set_name": name}}
 
 
+class Words:
+    """Documents of Zipfian pseudo-words (like prose: frequent words shared, 5-grams rarely), deterministic."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        syllables = ["ka", "lo", "mi", "ner", "tu", "sa", "ve", "dor", "pi", "qua", "len", "ri", "zo", "th", "ash"]
+        self.vocab = sorted({"".join(self.rng.choice(syllables, size=self.rng.integers(1, 4))) for _ in range(4000)})
+        p = 1.0 / np.arange(1, len(self.vocab) + 1)
+        self.p = p / p.sum()
+
+    def words(self, n: int) -> list[str]:
+        return [str(w) for w in self.rng.choice(self.vocab, size=n, p=self.p)]
+
+    @staticmethod
+    def lines(ws: list[str], per: int = 200) -> list[str]:
+        return [" ".join(ws[i:i + per]) for i in range(0, len(ws), per)]
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """40 distinct documents (1000 words, 5 lines each) and, after them, planted copies in the SlimPajama schema."""
-    rng = np.random.default_rng(0)
-    syllables = ["ka", "lo", "mi", "ner", "tu", "sa", "ve", "dor", "pi", "qua", "len", "ri", "zo", "th", "ash"]
-    vocab = sorted({"".join(rng.choice(syllables, size=rng.integers(1, 4))) for _ in range(4000)})
-    p = 1.0 / np.arange(1, len(vocab) + 1)  # Zipfian word frequencies, like prose
-    p /= p.sum()
-
-    def words(n):
-        return [str(w) for w in rng.choice(vocab, size=n, p=p)]
-
-    def lines(ws, per=200):
-        return [" ".join(ws[i:i + per]) for i in range(0, len(ws), per)]
+    gen = Words(0)
+    words, lines = gen.words, gen.lines
 
     distinct = [lines(words(1000)) for _ in range(40)]
     texts = ["\n".join(d) for d in distinct]

@@ -1,0 +1,127 @@
+"""Deduplication and decontamination together, end to end and offline: a SlimPajama-shaped corpus with planted
+duplicates and planted benchmark items (from the commonsense suite's tasks, read by lm-eval from local files in the
+real schemas) is prepared with both steps on; every planted item is found and reported, nothing else is dropped;
+the evaluation report marks the tasks whose items the model's training data holds."""
+
+import json
+
+import numpy as np
+import pytest
+
+from test_data_dedup import Words, _kept_texts
+from test_decontaminate import FILLER, _reformat, _result, _row, report  # noqa: F401 (report: a fixture)
+from test_eval_run import write_fixtures
+from tinyllama.data.decontaminate import load_test_items
+from tinyllama.data.prepare import prepare_data
+from tinyllama.data.report import REPORT
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory):
+    return write_fixtures(tmp_path_factory.mktemp("eval_data"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, eval_data):
+    """30 distinct documents, then: an exact and a near copy of two of them, three documents holding benchmark
+    items (one verbatim, two reformatted), and a copy of one of those three."""
+    items = load_test_items(["commonsense"], eval_data)
+    gen = Words(1)
+    distinct = ["\n".join(gen.lines(gen.words(600))) for _ in range(30)]
+    planted_items = {"hellaswag": 2, "arc_challenge": 0, "winogrande": 1}
+    contaminated = [
+        distinct[0][:1500] + "\n" + items["hellaswag"][2] + "\n" + FILLER,
+        FILLER + _reformat(items["arc_challenge"][0], 0) + " " + gen.lines(gen.words(300))[0],
+        gen.lines(gen.words(300))[0] + "\n" + _reformat(items["winogrande"][1], 1) + "\n" + FILLER,
+    ]
+    near = distinct[4].split()
+    near[100] = near[400] = "CHANGED"
+    texts = distinct[:15] + [contaminated[0]] + distinct[15:] + [distinct[2], " ".join(near)] + contaminated[1:] + [
+        contaminated[0].upper()]
+    path = tmp_path_factory.mktemp("screen_raw") / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "meta": {"redpajama_set_name": "RedPajamaC4"}}) + "\n"
+                            for t in texts))
+    return {"path": path, "distinct": distinct, "contaminated": contaminated, "planted_items": planted_items,
+            "order": distinct[:15] + [contaminated[0]] + distinct[15:] + contaminated[1:]}
+
+
+def _prepare(tmp_path, corpus, eval_data, demo_paths, mode):
+    cfg = {"tokenizer": str(demo_paths["tokenizer"]), "output_dir": str(tmp_path / mode), "num_workers": 0,
+           "validation_documents": 0, "shard_tokens": 5000, "batch_rows": 4, "dedup": True,
+           "decontaminate": {"suites": ["commonsense"], "mode": mode, "eval_data_dir": str(eval_data)},
+           "sources": {"web": {"path": str(corpus["path"])}}}
+    path = tmp_path / f"{mode}.yaml"
+    path.write_text(json.dumps(cfg))
+    return prepare_data(["--config", str(path)])
+
+
+def test_planted_duplicates_and_benchmark_items_are_all_found_and_nothing_else(
+        tmp_path, corpus, eval_data, demo_paths, demo_tokenizer, report):  # noqa: F811
+    # report mode: the documents with benchmark items stay (and are counted); the copies go
+    out = _prepare(tmp_path, corpus, eval_data, demo_paths, "report")
+    folder = out / "web"
+    assert _kept_texts(folder, demo_tokenizer) == corpus["order"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["stats"]["skipped"] == {"duplicate": 2, "near duplicate": 1}
+    section = manifest["contamination"]
+    found = {t: v["contaminated"] for t, v in section["tasks"].items() if v["contaminated"]}
+    assert found == {t: [i] for t, i in corpus["planted_items"].items()}
+    assert section["documents"] == 3 and section["mode"] == "report" and section["ngram"] == 13
+    text = (out / REPORT).read_text()
+    assert "| hellaswag | 3 | 1 | 0 |" in text and "| piqa | 3 | 0 | 1 |" in text  # piqa's short item: unchecked
+
+    # drop mode: those documents (and the copy of one) go too, counted as contaminated; the tally still names them
+    out_drop = _prepare(tmp_path, corpus, eval_data, demo_paths, "drop")
+    assert _kept_texts(out_drop / "web", demo_tokenizer) == corpus["distinct"]
+    m_drop = json.loads((out_drop / "web" / "manifest.json").read_text())
+    assert m_drop["stats"]["skipped"] == {"contaminated": 4, "duplicate": 1, "near duplicate": 1}
+    assert {t: v["contaminated"] for t, v in m_drop["contamination"]["tasks"].items() if v["contaminated"]} == \
+        {t: [i] for t, i in corpus["planted_items"].items()}
+
+    # the evaluation report of a model trained on the report-mode data marks exactly the planted tasks
+    model = tmp_path / "run" / "export" / "step-000001"
+    model.mkdir(parents=True)
+    (model / "training_metadata.json").write_text(json.dumps({"step": 1, "tokens_seen": 1000, "data_dir": str(out),
+                                                              "mixture": {"web": 1.0}}))
+    tasks = [{"task": t, "label": t, "metric": "acc"} for t in ("hellaswag", "arc_challenge", "piqa", "boolq")]
+    md, _ = report.build_report([_result(tmp_path, model, tasks)], None)
+    assert _row(md, "step-000001")[2:6] == ["50.00 (!1 of 3)", "50.00 (!1 of 3)", "50.00", "50.00"]
+    # trained on the drop-mode data: the items were found but not trained on, so no score is marked
+    model2 = tmp_path / "run2" / "export" / "step-000001"
+    model2.mkdir(parents=True)
+    (model2 / "training_metadata.json").write_text(json.dumps({"step": 1, "tokens_seen": 1000,
+                                                               "data_dir": str(out_drop), "mixture": {"web": 1.0}}))
+    md2, _ = report.build_report([_result(tmp_path / "r2", model2, tasks)], None)
+    assert "(!" not in _row(md2, "step-000001")[2] and "(?)" not in md2
+
+
+def test_a_half_prepared_source_does_not_resume_against_other_test_items(tmp_path, corpus, eval_data, demo_paths,
+                                                                          monkeypatch):
+    import tinyllama.data.prepare as prep
+
+    calls = {"n": 0}
+    real = prep.write_manifest
+
+    def stop_after_two(folder, manifest):
+        calls["n"] += 1
+        real(folder, manifest)
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "write_manifest", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(tmp_path, corpus, eval_data, demo_paths, "report")
+    monkeypatch.undo()
+    rows = [json.loads(line) for line in (eval_data / "hellaswag" / "validation.jsonl").read_text().splitlines()]
+    changed = tmp_path / "changed_eval"
+    import shutil
+
+    shutil.copytree(eval_data, changed)
+    rows[0]["ctx_a"] = "A different context for the first item of the task, long enough to count."
+    (changed / "hellaswag" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = json.loads((tmp_path / "report.yaml").read_text())
+    cfg["decontaminate"]["eval_data_dir"] = str(changed)
+    (tmp_path / "report.yaml").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="partly prepared against other benchmark test items"):
+        prepare_data(["--config", str(tmp_path / "report.yaml")])
+    np.testing.assert_equal(len(list((tmp_path / "report" / "web").glob("train/shard-*.bin"))) > 0, True)
