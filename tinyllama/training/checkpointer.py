@@ -54,8 +54,10 @@ class Checkpointer:
 
     def metadata(self, state: TrainState) -> dict:
         a = self.args
+        # lr_step_offset + step: where this model's learning-rate schedule stopped ('lr_step_offset: continue')
         return {"step": state.step, "tokens_seen": state.tokens, "samples": state.samples, "stage": a.stage,
-                "run_name": a.run_name, "mixture": a.mixture, "init_from": a.init_from}
+                "run_name": a.run_name, "mixture": a.mixture, "init_from": a.init_from,
+                "lr_step_offset": a.lr_step_offset}
 
     def export_initial(self, state: TrainState) -> None:
         """The weights this run starts from, before any update (to check what init_from loaded)."""
