@@ -1,6 +1,7 @@
 """scripts/pipeline.py end to end on the demo stage configs (shrunk, tiny model), as a user runs it: a preempted
 first stage, a second run that resumes it and chains the rest (each stage from the previous one's export/final,
-its learning-rate schedule continued with lr_step_offset: continue), a third run that skips everything, and a changed config or changed input that stops the pipeline with a message."""
+its learning-rate schedule continued with lr_step_offset: continue), a third run that skips everything, and a
+changed config or changed input that stops the pipeline with a message."""
 
 import json
 import subprocess
