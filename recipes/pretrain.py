@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from tinyllama.config import config_to_dict, parse_config
 from tinyllama.data import DistributedStepSampler, MixtureDataset, parse_mixture, prepare_data, validation_dataset
 from tinyllama.model import count_parameters, flops_per_token
-from tinyllama.training.args import DEMO_CONFIG, PretrainArgs
+from tinyllama.training.args import DEMO_CONFIG, PretrainArgs, require_resolved
 from tinyllama.training.checkpointer import Checkpointer
 from tinyllama.training.core import (fill_deepspeed_config, forward_loss, is_deepspeed, make_accelerator,
                                      setup_model, train_step)
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     # ---- config (every problem reported at once, before any work) ------------------------------------------
     (args,) = parse_config(PretrainArgs, argv, default_config=DEMO_CONFIG)
+    require_resolved(args)  # lr_step_offset: continue -> a number, the same one on resume
     args.eval_data_dir = args.eval_data_dir or os.environ.get("EVAL_DATA_DIR") or None  # the one env override
     run_dir = args.run_dir
     accelerator = make_accelerator(args, project_dir=run_dir)

@@ -19,7 +19,7 @@ import sys
 from trl import SFTTrainer, get_peft_config, get_quantization_config
 
 from tinyllama import chat
-from tinyllama.chat_args import parse_sft_args
+from tinyllama.chat.args import parse_sft_args
 from tinyllama.utils import complete_cpu_launch, entry_point, setup_logging
 
 log = logging.getLogger("recipes.sft")

@@ -18,7 +18,7 @@ import torch
 from chat_helpers import FIXED_QA, FIXED_SYSTEM, fixed_answer_rows
 from pretrain_utils import load_script
 from tinyllama import chat
-from tinyllama.chat_fixtures import build_base_model, ultrachat_rows, ultrafeedback_rows, write_hub_layout
+from tinyllama.chat.demo import build_base_model, ultrachat_rows, ultrafeedback_rows, write_hub_layout
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_SECRET = "hf_thisIsNotARealTokenButMustNeverBeWritten"
@@ -75,7 +75,7 @@ def fixed_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_base, fixed_data):
     """SFT through the recipe's own functions: evaluate, train 60 steps, save (as recipes/sft.py main does)."""
-    from tinyllama.chat_args import parse_sft_args
+    from tinyllama.chat.args import parse_sft_args
 
     sft = load_script("recipes/sft.py")
     out = tmp_path_factory.mktemp("sft") / "out"
@@ -319,7 +319,7 @@ def test_openai_client_talks_to_transformers_serve(sft_run):
 
 def test_packing_does_not_attend_across_samples(tiny_base, fixed_data):
     """packing + bfd (padding-free): the loss of a packed batch equals the losses of its samples computed apart."""
-    from tinyllama.chat_args import parse_sft_args
+    from tinyllama.chat.args import parse_sft_args
 
     sft = load_script("recipes/sft.py")
     args = parse_sft_args(sft_cli(tiny_base, fixed_data, "/tmp/unused", "--packing", "true", "--max_length", "256",
@@ -342,7 +342,7 @@ def test_packing_does_not_attend_across_samples(tiny_base, fixed_data):
 # Mistakes a user can make: caught early, with a message that names the problem
 # ---------------------------------------------------------------------------------------------------------------
 def test_unknown_and_stale_config_keys_fail_with_a_hint():
-    from tinyllama.chat_args import parse_dpo_args, parse_sft_args
+    from tinyllama.chat.args import parse_dpo_args, parse_sft_args
     from tinyllama.config import ConfigError
 
     with pytest.raises(ConfigError) as e:  # TRL renamed max_seq_length; transformers 5 removed warmup_ratio
@@ -355,7 +355,7 @@ def test_unknown_and_stale_config_keys_fail_with_a_hint():
 
 
 def test_every_chat_config_parses():
-    from tinyllama.chat_args import ChatSFTConfig, parse_chat_config
+    from tinyllama.chat.args import ChatSFTConfig, parse_chat_config
 
     configs = sorted((REPO / "configs" / "chat").glob("*.yaml"))
     assert {p.stem for p in configs} >= {"sft-ultrachat", "dpo-ultrafeedback", "sft-lora", "sft-qlora", "dpo-lora",

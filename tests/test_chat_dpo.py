@@ -7,7 +7,7 @@ import pytest
 
 from pretrain_utils import load_script
 from tinyllama import chat
-from tinyllama.chat_fixtures import build_base_model, ultrafeedback_rows, write_hub_layout
+from tinyllama.chat.demo import build_base_model, ultrafeedback_rows, write_hub_layout
 
 
 pytestmark = pytest.mark.slow  # SFT then DPO training; make test-fast skips it
@@ -18,7 +18,7 @@ MAX_PROMPT = 20
 
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory, demo_paths):
-    from tinyllama.chat_args import parse_dpo_args
+    from tinyllama.chat.args import parse_dpo_args
 
     tmp = tmp_path_factory.mktemp("dpo")
     base = build_base_model(tmp / "base", model_config="tiny")

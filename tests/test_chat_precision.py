@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from pretrain_utils import REPO, load_script
 from tinyllama import chat
-from tinyllama.chat_fixtures import build_base_model, ultrachat_rows, ultrafeedback_rows, write_hub_layout
+from tinyllama.chat.demo import build_base_model, ultrachat_rows, ultrafeedback_rows, write_hub_layout
 
 
 def common(base, data, out, lr, dtype):
@@ -92,7 +92,7 @@ def test_unset_dtype_becomes_float32_for_a_full_fine_tune():
 
 
 def test_chat_v1_configs_train_fp32_master_weights_and_lora_keeps_a_bf16_base():
-    from tinyllama.chat_args import parse_chat_config
+    from tinyllama.chat.args import parse_chat_config
 
     for name in ("sft-ultrachat", "dpo-ultrafeedback"):
         _, training_args, model_args = parse_chat_config(REPO / "configs" / "chat" / f"{name}.yaml", ["--use_cpu", "true"])

@@ -58,7 +58,7 @@ def _check_eval_reference(path):
 def _parse_chat_config(path):
     """recipes/sft.py and recipes/dpo.py's parser (sft-*.yaml / dpo-*.yaml). use_cpu only lifts TrainingArguments'
     device check, so the bf16 GPU configs parse on a CPU machine too; every key is still checked."""
-    from tinyllama.chat_args import parse_chat_config
+    from tinyllama.chat.args import parse_chat_config
 
     parse_chat_config(path, ["--use_cpu", "true"])
 

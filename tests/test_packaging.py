@@ -1,6 +1,9 @@
 """The package installs whole: every folder under tinyllama/ is a regular package that a non-editable install
-(setuptools' find_packages, as pyproject.toml configures it) ships, and the training package's names import."""
+(setuptools' find_packages, as pyproject.toml configures it) ships, and the training and chat packages' names
+import."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import find_packages
@@ -23,6 +26,25 @@ def test_training_package_exports_resolve_to_their_modules():
         assert getattr(training, name) is not None
 
 
+def test_chat_package_exports_without_torch_or_trl():
+    """``tinyllama.chat`` re-exports its modules' names (``from tinyllama.chat import X`` as before the split) and
+    importing it loads none of the heavy libraries: scripts/chat.py must start fast, and only ``tinyllama.chat.args``
+    imports TRL."""
+    code = ("import sys, tinyllama.chat as chat\n"
+            "heavy = [m for m in ('torch', 'trl', 'transformers', 'datasets') if m in sys.modules]\n"
+            "print(heavy, 'tinyllama.chat.args' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] False", out
+
+    import tinyllama.chat as chat
+    from tinyllama.chat import ZEPHYR_CHAT_TEMPLATE, setup_tokenizer, template
+
+    assert setup_tokenizer is template.setup_tokenizer and ZEPHYR_CHAT_TEMPLATE is template.ZEPHYR_CHAT_TEMPLATE
+    modules = {name: getattr(chat, name).__module__ for name in chat.__all__ if callable(getattr(chat, name))}
+    assert all(m.startswith("tinyllama.chat.") for m in modules.values()), modules
+    assert not (REPO / "tinyllama" / "chat.py").exists() and not (REPO / "tinyllama" / "chat_args.py").exists()
+
+
 def test_architecture_doc_names_every_package_and_module():
     """docs/architecture.md describes the layout as it is: every package of tinyllama/ and every module of the
     split packages is named there."""
@@ -31,7 +53,7 @@ def test_architecture_doc_names_every_package_and_module():
         rel = package.relative_to(REPO).as_posix()
         if rel != "tinyllama":
             assert f"`{rel}/`" in doc, f"{rel}/ is not described in docs/architecture.md"
-    for package in ("evaluation", "pipeline", "training", "data"):
+    for package in ("evaluation", "pipeline", "training", "data", "chat"):
         for module in (REPO / "tinyllama" / package).glob("*.py"):
             if not module.name.startswith("__"):
                 assert f"`{module.name}`" in doc, f"tinyllama/{package}/{module.name} is not in docs/architecture.md"

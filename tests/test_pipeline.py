@@ -1,6 +1,7 @@
 """scripts/pipeline.py end to end on the demo stage configs (shrunk, tiny model), as a user runs it: a preempted
-first stage, a second run that resumes it and chains the rest (each stage from the previous one's export/final),
-a third run that skips everything, and a changed config or changed input that stops the pipeline with a message."""
+first stage, a second run that resumes it and chains the rest (each stage from the previous one's export/final,
+its learning-rate schedule continued with lr_step_offset: continue), a third run that skips everything, and a
+changed config or changed input that stops the pipeline with a message."""
 
 import json
 import subprocess
@@ -13,8 +14,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from pretrain_utils import REPO, metrics, run_cli
-from tinyllama.config import ConfigError
+from tinyllama.config import ConfigError, parse_config
 from tinyllama.pipeline import load_pipeline
+from tinyllama.training.args import PretrainArgs, continued_lr_step
+from tinyllama.training.schedule import LRSchedule
 
 PIPELINE = """\
 name: test-chain
@@ -28,11 +31,11 @@ stages:
   - name: continual-{{variant}}
     config: configs/continual/demo-{{variant}}.yaml
     init_from: basic
-    overrides: {{max_steps: 4, lr_schedule_steps: 10, lr_step_offset: 4, save_every: 2{extra}}}
+    overrides: {{max_steps: 4, lr_schedule_steps: 10, save_every: 2{extra}}}
   - name: cooldown-{{variant}}
     config: configs/cooldown/demo-{{variant}}.yaml
     init_from: continual-{{variant}}
-    overrides: {{max_steps: 2, lr_schedule_steps: 10, lr_step_offset: 8, save_every: 2}}
+    overrides: {{max_steps: 2, lr_schedule_steps: 10, save_every: 2}}
   - name: eval-{{variant}}
     recipe: eval
     suite: commonsense
@@ -83,6 +86,14 @@ def test_chain_resumes_chains_skips_and_refuses_changes(tmp_path, demo_paths):
         assert same(weights(root / prev / "export" / "final"), weights(root / nxt / "export" / "initial"))
         saved = yaml.safe_load((root / nxt / "config.yaml").read_text())
         assert saved["init_from"] == str(root / prev / "export" / "final") and saved["resume"] == "auto"
+    # lr_step_offset: continue (the demo continual and cooldown configs): each stage's offset is the steps before it,
+    # derived by the plan and equal to what the recipe reads from the previous export; one cosine over the chain
+    chain = ("basic", "continual-math_code", "cooldown-math_code")
+    assert [yaml.safe_load((root / s / "config.yaml").read_text())["lr_step_offset"] for s in chain] == [0, 4, 8]
+    assert [continued_lr_step(str(root / s / "export" / "final")) for s in chain] == [4, 8, 10]
+    whole = LRSchedule.from_args(parse_config(PretrainArgs, ["--config", str(root / "basic" / "config.yaml")])[0])
+    lrs = [m["lr"] for s in chain for m in metrics(root / s) if "lr" in m]
+    assert lrs == pytest.approx([whole(step) for step in range(10)], abs=1e-6)
     table = (root / "pipeline-math_code.md").read_text()
     assert "| cooldown-math_code |" in table and "pipeline-math_code.png" in table
     assert (root / "pipeline-math_code.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

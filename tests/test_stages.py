@@ -3,6 +3,7 @@ weights exactly (export or checkpoint, optimizer fresh or carried over), the log
 configured ramp, a batch-size change keeps tokens and the data position exact, and an interrupted stage resumes
 exactly (its own data position, not its init_from)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,8 +14,8 @@ from safetensors.torch import load_file
 from pretrain_utils import REPO, losses, metrics, run_inprocess
 from tinyllama.config import ConfigError, load_yaml, parse_config
 from tinyllama.data import MixtureDataset, parse_mixture
-from tinyllama.training.args import PretrainArgs
-from tinyllama.training.schedule import BatchSchedule
+from tinyllama.training.args import PretrainArgs, continued_lr_step, require_resolved
+from tinyllama.training.schedule import BatchSchedule, LRSchedule
 
 DEMO = [f"--data_dir={REPO}/data/demo/tokenized", f"--tokenizer={REPO}/data/demo/tokenizer",
         f"--prepare_config={REPO}/configs/data/demo.yaml"]
@@ -147,3 +148,71 @@ def test_logged_source_shares_follow_the_configured_ramp(basic, tmp_path):
     code = names.index("starcoderdata")
     assert per_block[0, code] < per_block[1, code] < per_block[2, code] == pytest.approx(0.15 * 1024, abs=1)
     assert counts[:4, code].sum() < counts[-4:, code].sum()
+
+
+def test_continue_takes_the_offset_from_the_previous_export_and_the_cosine_goes_on(basic, continual, tmp_path):
+    """``lr_step_offset: continue`` (the demo continual and cooldown configs) = where init_from's schedule stopped:
+    its offset + its steps, read from its export (or checkpoint) at start-up. The run saves the number it used, and
+    its first learning rate is the one the previous stage's schedule would have used next."""
+    run, _ = continual
+    assert json.loads((run / "export" / "final" / "training_metadata.json").read_text())["lr_step_offset"] == 4
+    assert continued_lr_step(str(basic / "export" / "final")) == 4  # stage 1: offset 0, 4 steps
+    assert continued_lr_step(str(run / "export" / "final")) == 4 + 6  # the continual stage: offset 4, 6 steps
+    assert continued_lr_step(str(basic / "checkpoints" / "step-000002")) == 2  # a checkpoint, mid-run
+    out = tmp_path / "cooldown"
+    stage("cooldown/demo-math_code.yaml", out, "--init_from", str(run / "export" / "final"), "--max_steps", "2",
+          "--lr_schedule_steps", "20", "--global_batch_size", "32", "--save_every", "2")
+    assert load_yaml(REPO / "configs" / "cooldown" / "demo-math_code.yaml")["lr_step_offset"] == "continue"
+    assert load_yaml(out / "config.yaml")["lr_step_offset"] == 10  # the number it ran with
+    (previous,) = parse_config(PretrainArgs, ["--config", str(run / "config.yaml")])
+    schedule = LRSchedule.from_args(previous)  # the continual stage's: offset 4, 20 steps in all
+    before = [r["lr"] for r in metrics(run) if "lr" in r]
+    after = [r["lr"] for r in metrics(out) if "lr" in r]
+    assert before[-1] == pytest.approx(schedule(5), abs=1e-6)  # (the log rounds to 6 decimals)
+    assert after == pytest.approx([schedule(6), schedule(7)], abs=1e-6)
+    # (still inside the demo's 20-step warmup: the lr goes on rising, where a restart would begin again at 0)
+    assert after[0] > before[-1] > 0 and LRSchedule.from_args(dataclasses.replace(previous, lr_step_offset=0))(0) == 0
+
+
+def test_continue_is_refused_where_it_cannot_be_resolved(tmp_path):
+    """One message naming the cause, at parse time (before any work) where it can be known then."""
+    demo = ["--config", str(REPO / "configs" / "continual" / "demo-general.yaml")]
+    with pytest.raises(ConfigError, match="TinyLlama/TinyLlama_v1.1 is a Hub id.*Set lr_step_offset to a number"):
+        parse_config(PretrainArgs, [*demo, "--init_from", "TinyLlama/TinyLlama_v1.1"])
+    with pytest.raises(ConfigError, match="must be a number of steps or 'continue', got 'contine'"):
+        parse_config(PretrainArgs, [*demo, "--lr_step_offset", "contine"])
+    with pytest.raises(ConfigError, match="'lr_step_offset: continue' needs 'init_from'"):
+        parse_config(PretrainArgs, [*demo, "--init_from", "null", "--model_config", "tiny"])
+    (tmp_path / "model").mkdir()
+    with pytest.raises(ConfigError, match="neither training_metadata.json nor train_state.json"):
+        parse_config(PretrainArgs, [*demo, "--init_from", str(tmp_path / "model")])
+    # a folder the stage before has yet to write parses (a pipeline is planned ahead) and is refused at start-up
+    (args,) = parse_config(PretrainArgs, [*demo, "--init_from", str(tmp_path / "later")])
+    assert args.lr_step_offset == "continue"
+    with pytest.raises(ValueError, match="later does not exist"):
+        require_resolved(args)
+    # an export written before the metadata recorded the offset: its run's config.yaml has it
+    old = tmp_path / "old-run" / "export" / "step-000007"
+    old.mkdir(parents=True)
+    (old / "training_metadata.json").write_text(json.dumps({"step": 7, "tokens_seen": 7168}))
+    (tmp_path / "old-run" / "config.yaml").write_text("lr_step_offset: 3\n")
+    assert continued_lr_step(str(old)) == 10
+
+
+def test_a_resumed_stage_keeps_the_offset_it_started_with(basic, tmp_path):
+    """If init_from was retrained after the stage started, 'continue' would now give another number: resuming is
+    refused instead of the learning rate jumping mid-stage; with the same init_from it resumes."""
+    out = tmp_path / "cooldown"
+    (out / "checkpoints" / "step-000001").mkdir(parents=True)
+    (out / "checkpoints" / "step-000001" / "train_state.json").write_text(json.dumps({"step": 1}))
+    (out / "config.yaml").write_text("lr_step_offset: 10\n")  # started from an init_from that had stopped at 10
+    argv = ["--config", str(REPO / "configs" / "cooldown" / "demo-general.yaml"), "--output_dir", str(out),
+            "--init_from", str(basic / "export" / "final"), "--resume", "auto"]
+    (args,) = parse_config(PretrainArgs, argv)
+    assert args.lr_step_offset == 4
+    with pytest.raises(ValueError, match="started with 10 .* would resume with 4: the learning rate would jump"):
+        require_resolved(args)
+    (out / "config.yaml").write_text("lr_step_offset: 4\n")
+    (args,) = parse_config(PretrainArgs, argv)
+    require_resolved(args)
+    assert args.lr_step_offset == 4

@@ -21,14 +21,25 @@ def cfg(rel: str, *overrides: str) -> PretrainArgs:
     return a
 
 
+def chain(pipeline: str, variant: str | None = None) -> list[PretrainArgs]:
+    """The pretraining stages of a shipped pipeline as the pipeline runs them: `lr_step_offset: continue` derived
+    from the stage before (tinyllama/pipeline/plan.py)."""
+    from tinyllama.pipeline import load_pipeline, plan
+
+    stages = plan(load_pipeline(REPO / "configs" / "pipeline" / f"{pipeline}.yaml"), variant)
+    return [parse_config(PretrainArgs, s.argv)[0] for s in stages]
+
+
 def tokens(a: PretrainArgs) -> int:
     return a.max_steps * a.global_batch_size * a.seq_len
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_real_chain_budgets_batches_and_one_continued_cosine(variant):
-    basic, cont, cool = cfg("pretrain/v1.1-stage1-basic.yaml"), cfg(f"continual/{variant}.yaml"), \
-        cfg(f"cooldown/{variant}.yaml")
+    basic, cont, cool = chain("tinyllama-v1.1", variant)
+    # the configs say 'continue'; the pipeline derives the number from the stage before (docs/stages.md)
+    assert cfg(f"continual/{variant}.yaml").lr_step_offset == cfg(f"cooldown/{variant}.yaml").lr_step_offset == \
+        "continue"
     # docs/reference.md: 1.5T + ~350B + ~150B = 2T; batch about 1.8M tokens, 7.2M in the cooldown
     assert tokens(basic) == pytest.approx(1.5e12, rel=1e-6)
     assert tokens(cont) == pytest.approx(350e9, rel=1e-5)
@@ -51,6 +62,7 @@ def test_real_chain_budgets_batches_and_one_continued_cosine(variant):
     assert stages[2](cool.max_steps - 1) == pytest.approx(4e-5, rel=1e-6)  # the cooldown ends on the floor
     # every stage after the first starts from the previous one's export, with its own data order
     assert cont.init_from == f"{basic.output_dir}/export/final" and cool.init_from == f"{cont.output_dir}/export/final"
+    assert cfg(f"continual/{variant}.yaml").init_from == "outputs/tinyllama-v1.1/basic/export/final"
     assert len({basic.seed, cont.seed, cool.seed}) == 3
     assert (basic.stage, cont.stage, cool.stage) == ("basic", "continual", "cooldown")
     assert basic.mixture == {"slimpajama": 1.0} and basic.model_config == "tinyllama-1.1b"
@@ -102,10 +114,7 @@ def test_code_variant_is_python_v01():
 
 @pytest.mark.parametrize("prefix,pipeline", [("", "tinyllama-v1.1-wsd"), ("demo-", "demo-wsd")])
 def test_wsd_chain_holds_the_peak_then_decays_over_the_cooldown(prefix, pipeline):
-    from tinyllama.pipeline import load_pipeline, plan
-
-    stages = plan(load_pipeline(REPO / "configs" / "pipeline" / f"{pipeline}.yaml"))
-    args = [parse_config(PretrainArgs, s.argv)[0] for s in stages]
+    args = chain(pipeline)
     basic, cont, cool = args
     assert [a.lr_schedule for a in args] == ["constant", "constant", "wsd"]
     peak = basic.learning_rate
@@ -120,8 +129,7 @@ def test_wsd_chain_holds_the_peak_then_decays_over_the_cooldown(prefix, pipeline
 
 
 def test_demo_chain_continues_one_cosine():
-    basic, cont, cool = cfg("pretrain/demo-stage1-basic.yaml"), cfg("continual/demo-math_code.yaml"), \
-        cfg("cooldown/demo-math_code.yaml")
+    basic, cont, cool = chain("demo", "math_code")
     total = basic.max_steps + cont.max_steps + cool.max_steps
     assert basic.lr_schedule_steps == total and cont.lr_step_offset == basic.max_steps
     assert cool.lr_step_offset == basic.max_steps + cont.max_steps

@@ -25,7 +25,7 @@ TOKEN_FREE = "hf_" + "x" * 10
 def world(tmp_path_factory, reference):
     """An existing, finished run (outputs that must survive every mistake) and the fixtures the cases point at."""
     from chat_helpers import fixed_answer_rows
-    from tinyllama.chat_fixtures import build_base_model, write_hub_layout
+    from tinyllama.chat.demo import build_base_model, write_hub_layout
 
     tmp = tmp_path_factory.mktemp("bad-inputs")
     run = tmp / "existing-run"

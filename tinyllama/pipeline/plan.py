@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..config import load_yaml
+from ..training.args import CONTINUE
 from .spec import Pipeline, REPO, StageSpec, _repo_path, _selected
 
 @dataclasses.dataclass
@@ -75,6 +76,9 @@ def plan(pipeline: Pipeline, variant: str | None = None, root: str | os.PathLike
             overrides.update({"output_dir": str(run_dir), "resume": "auto"})
             if init_from:
                 overrides["init_from"] = init_from
+            offset = _continued_offset(config, overrides, upstream)
+            if offset is not None:
+                overrides["lr_step_offset"] = offset
             argv = ["--config", str(config), *_argv(overrides)]
             (args,) = parse_config(PretrainArgs, argv)
             resolved = _normalise(config_to_dict(args))
@@ -87,6 +91,20 @@ def plan(pipeline: Pipeline, variant: str | None = None, root: str | os.PathLike
             resolved = {"model": init_from, "suite": spec.suite, "limit": spec.limit}
         planned.append(Planned(spec, name, run_dir, config, upstream, init_from, argv, resolved))
     return planned
+
+
+def _continued_offset(config: Path, overrides: dict, upstream: Planned | None) -> int | None:
+    """``lr_step_offset: continue`` after a pretraining stage of this plan: where that stage's schedule stops, its
+    offset plus its steps. That is the number the recipe would read from the upstream export's
+    training_metadata.json (a stage is finished only at max_steps), derived here from the configs so that the plan,
+    its dry run and the finished-stage check need no file, and a stage planned before its upstream has run gets its
+    number too. Anything else (a number, or an init_from outside the plan) is left to the recipe's parser."""
+    if not (upstream is not None and upstream.spec.recipe == "pretrain"):
+        return None
+    if {**load_yaml(config), **overrides}.get("lr_step_offset") != CONTINUE:
+        return None
+    before = upstream.resolved.get("lr_step_offset")
+    return before + upstream.resolved["max_steps"] if isinstance(before, int) else None
 
 
 def _normalise(d: dict) -> dict:

@@ -6,14 +6,16 @@ defaults here are TinyLlama v1.0's (docs/reference.md, "Pretraining (v1.0, 3T to
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from ..utils import repo_root
 
 DEMO_CONFIG = repo_root() / "configs" / "pretrain" / "demo.yaml"
+CONTINUE = "continue"  # lr_step_offset: continue = where init_from's learning-rate schedule stopped
 
 
 def _help(text: str) -> dict:
@@ -81,7 +83,10 @@ class PretrainArgs:
     lr_schedule_steps: Optional[int] = field(default=None, metadata=_help(
         "length of the cosine in steps (default: max_steps); with lr_step_offset, a stage continues a longer "
         "cosine (v1.1's cooldown)"))
-    lr_step_offset: int = field(default=0, metadata=_help("the schedule starts at this step (continued cosine)"))
+    lr_step_offset: Union[int, str] = field(default=0, metadata=_help(
+        "the schedule starts at this step (a continued cosine): a number, or 'continue' for where init_from's "
+        "schedule stopped (its lr_step_offset + step, from the training_metadata.json of the export; a Hub id "
+        "has none: give a number)"))
     decay_fraction: float = field(default=0.2, metadata=_help("wsd: fraction of steps spent decaying"))
     decay_shape: Literal["linear", "1-sqrt", "cosine"] = field(default="1-sqrt", metadata=_help(
         "wsd: shape of the final decay"))
@@ -138,9 +143,10 @@ class PretrainArgs:
                      "log_every", "save_every", "keep_last", "max_nonfinite_steps", "hub_upload_retries"):
             if getattr(self, name) <= 0:
                 e.append(f"'{name}' must be positive, got {getattr(self, name)}")
+        e += self._resolve_lr_step_offset()
         for name in ("min_lr", "warmup_steps", "weight_decay", "max_grad_norm", "eval_every", "lr_step_offset",
                      "num_workers", "adam_epsilon"):
-            if getattr(self, name) < 0:
+            if isinstance(getattr(self, name), (int, float)) and getattr(self, name) < 0:
                 e.append(f"'{name}' must not be negative, got {getattr(self, name)}")
         if self.min_lr > self.learning_rate > 0:
             e.append(f"'min_lr' ({self.min_lr}) is above 'learning_rate' ({self.learning_rate})")
@@ -149,7 +155,8 @@ class PretrainArgs:
                 e.append(f"'{name}' must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.decay_fraction <= 1:
             e.append(f"'decay_fraction' must be in (0, 1], got {self.decay_fraction}")
-        if self.lr_schedule_steps is not None and self.lr_schedule_steps < self.lr_step_offset + self.max_steps:
+        if (self.lr_schedule_steps is not None and isinstance(self.lr_step_offset, int)
+                and self.lr_schedule_steps < self.lr_step_offset + self.max_steps):
             e.append(f"'lr_schedule_steps' ({self.lr_schedule_steps}) is shorter than lr_step_offset + max_steps "
                      f"({self.lr_step_offset + self.max_steps})")
         for step, batch in [(0, self.global_batch_size)] + [
@@ -189,3 +196,89 @@ class PretrainArgs:
         except ValueError as err:
             e.append(f"'mixture': {err}")
         return e
+
+    def _resolve_lr_step_offset(self) -> list[str]:
+        """``lr_step_offset: continue`` -> the number, read from init_from (:func:`continued_lr_step`). A local
+        init_from that does not exist yet (a pipeline's next stage, planned before the previous one has run) stays
+        ``continue`` here; the recipe resolves it at start-up (:func:`require_resolved`)."""
+        if not isinstance(self.lr_step_offset, str):
+            return []
+        if self.lr_step_offset != CONTINUE:
+            return [f"'lr_step_offset' must be a number of steps or 'continue', got {self.lr_step_offset!r}"]
+        if not self.init_from:
+            return ["'lr_step_offset: continue' needs 'init_from' (the model whose schedule this stage continues)"]
+        if not Path(self.init_from).exists() and _local_path(self.init_from):
+            return []
+        try:
+            self.lr_step_offset = continued_lr_step(self.init_from)
+        except ValueError as err:
+            return [f"'lr_step_offset: continue': {err}"]
+        return []
+
+
+def _local_path(name: str) -> bool:
+    """A path rather than a Hub id (``owner/name``): absolute, relative with ./ or ../, more than one slash, or
+    under a folder that exists or that the recipes write (outputs/, data/)."""
+    first = name.split("/")[0]
+    return (name.startswith((".", "/", "~")) or name.count("/") != 1 or first in ("outputs", "data")
+            or Path(first).is_dir())
+
+
+def continued_lr_step(init_from: str) -> int:
+    """Where the learning-rate schedule of the run that wrote ``init_from`` stopped: its ``lr_step_offset`` plus
+    the optimizer steps it took (a stage counts its own steps from 0, so for a chain of continued stages this is
+    the total number of steps of every stage before). ``init_from`` is an export (``training_metadata.json``,
+    tinyllama/training/checkpointer.py) or a checkpoint folder (``train_state.json``); the offset comes from the
+    metadata, else from the run's ``config.yaml`` two folders up (``<run>/export/step-N``, ``<run>/checkpoints/
+    step-N``: exports written before the metadata recorded it). Raises ValueError naming what is missing."""
+    folder = Path(init_from)
+    if not folder.is_dir():
+        if _local_path(init_from):
+            raise ValueError(f"init_from {init_from} does not exist (the stage before has not written it yet?)")
+        raise ValueError(f"init_from {init_from} is a Hub id: a published checkpoint carries no training metadata, "
+                         "so where its schedule stopped is unknown here. Set lr_step_offset to a number (TinyLlama's "
+                         "step counts: docs/reference.md)")
+    metadata, state = folder / "training_metadata.json", folder / "train_state.json"  # checkpoint.py's file names
+    source = metadata if metadata.is_file() else state if state.is_file() else None
+    if source is None:
+        raise ValueError(f"{init_from} has neither training_metadata.json nor train_state.json: it was not written "
+                         "by recipes/pretrain.py, so where its schedule stopped is unknown. Set lr_step_offset to a "
+                         "number")
+    record = json.loads(source.read_text())
+    offset = record.get("lr_step_offset")
+    if offset is None:
+        run_config = folder.parent.parent / "config.yaml"
+        if run_config.is_file():
+            import yaml
+
+            offset = (yaml.safe_load(run_config.read_text()) or {}).get("lr_step_offset")
+    if not isinstance(offset, int) or not isinstance(record.get("step"), int):
+        raise ValueError(f"{source} records no lr_step_offset and step (an export made offline from a checkpoint, or "
+                         "a folder moved away from its run's config.yaml): set lr_step_offset to a number")
+    return offset + record["step"]
+
+
+def require_resolved(args: PretrainArgs) -> None:
+    """At the start of a run, before any work: ``lr_step_offset: continue`` has become a number (its init_from
+    exists now), and a resumed run keeps the offset it started with: if init_from was retrained since, 'continue'
+    would now give another number and the learning rate would jump in the middle of the stage."""
+    if isinstance(args.lr_step_offset, str):
+        try:
+            args.lr_step_offset = continued_lr_step(args.init_from)
+        except ValueError as err:
+            raise ValueError(f"'lr_step_offset: continue': {err}") from None
+    saved = args.run_dir / "config.yaml"
+    if args.resume is None or not saved.is_file():
+        return
+    from .checkpoint import find_resume_checkpoint
+
+    if find_resume_checkpoint(args.resume, args.run_dir / "checkpoints") is None:
+        return
+    import yaml
+
+    before = (yaml.safe_load(saved.read_text()) or {}).get("lr_step_offset")
+    if isinstance(before, int) and before != args.lr_step_offset:
+        raise ValueError(f"'lr_step_offset': this run started with {before} ({saved}) and would resume with "
+                         f"{args.lr_step_offset}: the learning rate would jump mid-stage. With 'continue', init_from "
+                         f"({args.init_from}) changed since the run started; rerun the stage from its start (a new "
+                         "output_dir), or resume with --lr_step_offset " + str(before))

@@ -3,7 +3,8 @@
 Layout (README.md, "Run folder"):
     <run>/checkpoints/step-000500/   accelerate ``save_state`` + ``train_state.json`` + ``model_config.json``
     <run>/export/step-000500/        safetensors, config.json, generation_config.json, tokenizer, model card,
-                                     ``training_metadata.json`` (step, tokens_seen, stage, mixture, data_dir)
+                                     ``training_metadata.json`` (step, tokens_seen, stage, mixture, data_dir,
+                                     lr_step_offset)
     <run>/export/final -> step-...   what the next stage, SFT and evaluation read
 
 A checkpoint is written into ``.tmp-step-000500`` and renamed into place only when every rank has finished and

@@ -54,10 +54,11 @@ class Checkpointer:
 
     def metadata(self, state: TrainState) -> dict:
         a = self.args
-        # data_dir (absolute) with the mixture: evaluation/report.py reads the sources' decontamination counts
+        # data_dir (absolute) with the mixture: evaluation/report.py reads the sources' decontamination counts;
+        # lr_step_offset + step: where this model's learning-rate schedule stopped ('lr_step_offset: continue')
         return {"step": state.step, "tokens_seen": state.tokens, "samples": state.samples, "stage": a.stage,
                 "run_name": a.run_name, "mixture": a.mixture, "data_dir": str(Path(a.data_dir).resolve()),
-                "init_from": a.init_from}
+                "init_from": a.init_from, "lr_step_offset": a.lr_step_offset}
 
     def export_initial(self, state: TrainState) -> None:
         """The weights this run starts from, before any update (to check what init_from loaded)."""

@@ -30,6 +30,8 @@ class LRSchedule:
 
     @classmethod
     def from_args(cls, args) -> "LRSchedule":
+        if not isinstance(args.lr_step_offset, int):  # 'continue' is resolved at start-up (args.require_resolved)
+            raise ValueError(f"lr_step_offset {args.lr_step_offset!r} is not resolved to a number yet")
         total = args.lr_schedule_steps or args.lr_step_offset + args.max_steps
         return cls(args.learning_rate, args.min_lr, args.warmup_steps, total, args.lr_schedule, args.lr_step_offset,
                    args.decay_fraction, args.decay_shape)

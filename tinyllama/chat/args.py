@@ -3,7 +3,8 @@ YAML, parsed by :func:`tinyllama.config.parse_config` (HfArgumentParser undernea
 ``env:`` mapping) so that every unknown key - e.g. a field TRL renamed or removed in an upgrade - fails the run
 before it starts, with a "did you mean" hint.
 
-Kept apart from :mod:`tinyllama.chat` because it imports TRL (seconds), which ``scripts/chat.py`` does not need.
+Not re-exported by :mod:`tinyllama.chat` because it imports TRL (seconds), which ``scripts/chat.py`` does not need:
+import it as ``tinyllama.chat.args``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Sequence
 
 from trl import DPOConfig, ModelConfig, ScriptArguments, SFTConfig
 
-from .config import parse_config
+from ..config import parse_config
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Small chat and preference data sets in the real schemas, and a tiny base model: the chat demo's data (the tests
-build theirs with the same functions; their own helpers are in tests/chat_helpers.py).
+"""Small chat and preference data sets in the real schemas, and a tiny base model: the chat demo's data, built on
+first use under data/demo/chat like the pretraining demo builds its data (the tests build theirs with the same
+functions; their own helpers are in tests/chat_helpers.py).
 
 | folder under data/demo/chat/        | stands in for                            | splits                 |
 |-------------------------------------|------------------------------------------|------------------------|
@@ -22,10 +23,15 @@ Schemas (as on the Hub):
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from pathlib import Path
 
-from .utils import atomic_dir
+from ..utils import atomic_dir, repo_root
+
+log = logging.getLogger(__name__)
+
+DEMO_CHAT_DIR = repo_root() / "data" / "demo" / "chat"
 
 CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"),
             ("Germany", "Berlin"), ("Canada", "Ottawa"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"),
@@ -121,9 +127,9 @@ def build_base_model(out: str | Path, model_config: str = "demo", seed: int = 0)
     """A randomly initialised TinyLlama-shaped model with the demo tokenizer, saved as a normal model folder."""
     from transformers import AutoTokenizer
 
-    from .demo import build_demo
-    from .model import build_model
-    from .tokenizer import save_tokenizer
+    from ..demo import build_demo
+    from ..model import build_model
+    from ..tokenizer import save_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(build_demo()["tokenizer"]))
     model = build_model(model_config, attn_implementation="sdpa", seed=seed)
@@ -145,3 +151,16 @@ def build_chat_demo(root: str | Path) -> dict[str, Path]:
     if not paths["base"].exists():
         build_base_model(paths["base"])
     return paths
+
+
+def ensure_demo_assets(*names: str | None) -> None:
+    """If a name points into data/demo/chat and is missing, build the chat demo (fixtures and base model)."""
+    root = DEMO_CHAT_DIR.resolve()
+    for name in names:
+        if not name:
+            continue
+        p = Path(name).resolve()
+        if (p == root or root in p.parents) and not p.exists():
+            log.info("building the chat demo assets under %s", DEMO_CHAT_DIR)
+            build_chat_demo(DEMO_CHAT_DIR)
+            return
