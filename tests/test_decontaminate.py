@@ -296,7 +296,7 @@ def test_exports_record_the_training_data_folder(tmp_path):
     from tinyllama.training.checkpointer import Checkpointer
 
     args = SimpleNamespace(stage="pretrain", run_name="r", mixture={"web": 1.0}, init_from=None,
-                           data_dir=str(tmp_path / "data"))
+                           data_dir=str(tmp_path / "data"), lr_step_offset=0)
     meta = Checkpointer.metadata(SimpleNamespace(args=args), TrainState(step=3, tokens=96))
     assert meta["data_dir"] == str((tmp_path / "data").resolve()) and meta["mixture"] == {"web": 1.0}
 
@@ -304,8 +304,11 @@ def test_exports_record_the_training_data_folder(tmp_path):
 def test_benchmark_script_runs_and_prints_its_table():
     import subprocess
 
-    p = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark_decontaminate.py"), "--mb", "0.2",
-                        "--items", "300", "--repeat", "1"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark_screening.py"), "--mb", "0.2",
+                        "--items", "300", "--repeat", "1", "--workers", "0"], capture_output=True, text=True,
+                       timeout=180, cwd=REPO)
     assert p.returncode == 0, p.stderr[-2000:]
-    rows = [line for line in p.stdout.splitlines() if line.startswith("| TestIndex.find")]
-    assert len(rows) == 1 and rows[0].rstrip("|").split("|")[-1].strip().endswith("%")
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| worker: ") or line.startswith("| main ")]
+    assert len(rows) == 7 and all(r.split("|")[5].strip().endswith("%") for r in rows)
+    e2e = [line for line in p.stdout.splitlines() if line.startswith("| off |") or line.startswith("| dedup: true |")]
+    assert len(e2e) == 2 and e2e[0].rstrip("|").split("|")[-1].strip() == "100%"

@@ -126,9 +126,9 @@ class Deduplicator:
         self._proto = MinHash(num_perm=settings.num_perm, seed=settings.seed, scheme="affine64",
                               hashfunc=_identity)
 
-    def signature(self, normalized: str) -> np.ndarray:
-        """The MinHash signature of the document's set of word n-grams (of the whole text if it is shorter)."""
-        hashes = word_hashes(normalized.split())
+    def signature(self, hashes: np.ndarray) -> np.ndarray:
+        """The MinHash signature of the set of word n-grams of a document whose word hashes are ``hashes``
+        (``ngrams.word_hashes``); a document shorter than n words is one shingle, its whole text."""
         shingles = ngram_hashes(hashes, self.settings.ngram)
         if len(shingles) == 0:
             shingles = ngram_hashes(hashes, max(len(hashes), 1)) if len(hashes) else np.zeros(1, np.uint64)
@@ -140,10 +140,15 @@ class Deduplicator:
 
     def keys(self, text: str) -> tuple[int | None, list[int], bytes]:
         normalized = normalize(text)
+        return self.keys_from(normalized, word_hashes(normalized.split()) if self.settings.near else None)
+
+    def keys_from(self, normalized: str, hashes: np.ndarray | None) -> tuple[int | None, list[int], bytes]:
+        """``keys`` from the normalised text and its word hashes (computed once when decontamination needs them
+        too)."""
         exact = _key(normalized.encode("utf-8")) if self.settings.exact else None
         if not self.settings.near:
             return exact, [], b""
-        sig = self.signature(normalized)
+        sig = self.signature(hashes)
         bands = [_key(i.to_bytes(2, "little") + sig[i * self.r:(i + 1) * self.r].tobytes()) for i in range(self.b)]
         # 32 bits of each value are enough to compare signatures (a chance agreement is 2**-32 per value)
         return exact, bands, sig.astype(np.uint32).tobytes()

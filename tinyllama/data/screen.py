@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .dedup import DedupIndex, DedupSettings, Deduplicator
+from .ngrams import ngram_hashes, normalize, word_hashes
 
 DECON_MODES = ("report", "drop")
 
@@ -93,8 +94,16 @@ class Screener:
         self.index = spec.index if spec.decontaminate is not None else None
 
     def screen(self, texts: list[str]) -> tuple[list | None, list | None]:
-        keys = [self.dedup.keys(t) for t in texts] if self.dedup is not None else None
-        hits = [self.index.find(t) for t in texts] if self.index is not None else None
+        """The text of each document is normalised and its words hashed once, for both steps."""
+        keys = [] if self.dedup is not None else None
+        hits = [] if self.index is not None else None
+        for text in texts:
+            normalized = normalize(text)
+            hashes = word_hashes(normalized.split())
+            if keys is not None:
+                keys.append(self.dedup.keys_from(normalized, hashes))
+            if hits is not None:
+                hits.append(self.index.find_ngrams(ngram_hashes(hashes, self.index.n)))
         return keys, hits
 
 
