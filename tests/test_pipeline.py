@@ -146,6 +146,25 @@ def test_bad_pipeline_files_name_every_problem(tmp_path):
                      "configs/continual/nope-a.yaml", "init_from 'two' is not an earlier stage",
                      "a sft stage needs init_from"]:
         assert fragment in msg, fragment
+    # types are checked by the parser every config goes through, with the closest key for a typo
+    bad.write_text("variants: 3\nstages:\n  - {name: one, config: configs/pretrain/demo.yaml, limit: lots, "
+                   "init_frm: x}\n")
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(bad)
+    msg = str(info.value)
+    assert "'variants' (pipeline file): expected a list" in msg and "'limit' in stages[0] (one): expected float" in msg
+    assert "unknown key 'init_frm' in stages[0] (one); did you mean 'init_from'?" in msg
+
+
+def test_operational_keys_are_pretraining_fields():
+    """The keys whose change does not make a finished stage stale are named beside the fields they name."""
+    import dataclasses
+
+    from tinyllama.pipeline import OPERATIONAL_KEYS
+    from tinyllama.training.args import PretrainArgs
+
+    fields = {f.name for f in dataclasses.fields(PretrainArgs)}
+    assert OPERATIONAL_KEYS <= fields and {"learning_rate", "mixture", "seed"} & OPERATIONAL_KEYS == set()
 
 
 def test_dry_run_of_the_shipped_demo_and_unknown_variant(tmp_path):

@@ -231,6 +231,29 @@ def _fields(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
     return {f.name: (f, hints.get(f.name, Any)) for f in dataclasses.fields(cls) if f.init}
 
 
+def check_mapping(dataclass_types: Sequence[type] | type, mapping: dict, where: str, errors: list[str]) -> dict:
+    """The keys of ``mapping`` checked against the fields of ``dataclass_types`` and their values converted to the
+    fields' annotations: returns what is valid, appends one message per unknown key (with the closest known key)
+    or mistyped value to ``errors``. What ``parse_config`` does for a config file, for any mapping (e.g. each
+    stage of a pipeline file)."""
+    if isinstance(dataclass_types, type):
+        dataclass_types = [dataclass_types]
+    fields = [_fields(cls) for cls in dataclass_types]
+    known = sorted({name for fs in fields for name in fs})
+    values: dict[str, Any] = {}
+    for key, value in mapping.items():
+        annotations = [fs[key][1] for fs in fields if key in fs]
+        if not annotations:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            errors.append(f"unknown key '{key}' {where}" + (f"; did you mean '{hint[0]}'?" if hint else ""))
+            continue
+        try:
+            values[key] = coerce(value, annotations[0])
+        except _Mismatch as e:
+            errors.append(f"'{key}' {where}: expected {e}, got {value!r}")
+    return values
+
+
 # ----------------------------------------------------------------------------------------------------------------
 def parse_config(
     dataclass_types: Sequence[type] | type,
@@ -266,21 +289,9 @@ def parse_config(
             errors.append(f"{config_path}: 'env' must be a mapping of environment variables")
 
     fields = [_fields(cls) for cls in dataclass_types]
-    known = sorted({name for fs in fields for name in fs})
     values: dict[str, Any] = {}
     for origin, mapping in ((config_path, from_file), ("command line", overrides)):
-        for key, value in mapping.items():
-            annotations = [fs[key][1] for fs in fields if key in fs]
-            if not annotations:
-                hint = difflib.get_close_matches(key, known, n=1)
-                errors.append(
-                    f"unknown key '{key}' ({origin})" + (f"; did you mean '{hint[0]}'?" if hint else "")
-                )
-                continue
-            try:
-                values[key] = coerce(value, annotations[0])
-            except _Mismatch as e:
-                errors.append(f"'{key}' ({origin}): expected {e}, got {value!r}")
+        values.update(check_mapping(dataclass_types, mapping, f"({origin})", errors))
 
     instances = []
     for cls, fs in zip(dataclass_types, fields):

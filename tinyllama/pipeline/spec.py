@@ -7,40 +7,51 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Optional
 
-from ..config import ConfigError, load_yaml
+from ..config import ConfigError, check_mapping, load_yaml
+from ..training.args import OPERATIONAL_KEYS as PRETRAIN_OPERATIONAL_KEYS
 from ..utils import repo_root
 
 REPO = repo_root()
 RECIPES = {"pretrain": "recipes/pretrain.py", "sft": "recipes/sft.py", "dpo": "recipes/dpo.py", "eval": None}
 OPTIONAL_FLAGS = {"chat": "--with-chat", "eval": "--with-eval"}
-STAGE_KEYS = {"name", "recipe", "config", "init_from", "overrides", "variants", "optional", "launcher", "suite",
-              "limit"}
-PIPELINE_KEYS = {"name", "variant", "variants", "launcher", "stages"}
 MARKER = "pipeline_stage.json"
-# Keys of a pretraining config that do not change the weights a stage produces: a difference in them alone does not
-# make a finished stage stale (everything else does).
-OPERATIONAL_KEYS = {"run_name", "report_to", "num_workers", "log_every", "eval_every", "eval_batches", "eval_suite",
-                    "eval_limit", "eval_data_dir", "save_every", "keep_last", "export", "export_initial", "resume",
-                    "prepare_config",
-                    "peak_flops", "push_to_hub", "hub_model_id", "hub_private", "hub_revision",
-                    "hub_upload_retries"}
-
-
+# Keys of a pretraining config that do not change the weights a stage produces (marked ``operational`` in
+# tinyllama/training/args.py): a difference in them alone does not make a finished stage stale.
+OPERATIONAL_KEYS = PRETRAIN_OPERATIONAL_KEYS
 
 
 @dataclasses.dataclass
 class StageSpec:
-    name: str
-    recipe: str = "pretrain"
-    config: str | None = None
-    init_from: str | None = None
-    overrides: dict = dataclasses.field(default_factory=dict)
-    variants: list[str] | None = None
-    optional: str | None = None
-    launcher: list[str] | None = None
-    suite: str | None = None
-    limit: float | None = None
+    """One entry of ``stages:`` in a pipeline file (docs/stages.md)."""
+
+    name: str  # the stage's run name; "{variant}" is replaced by the variant
+    recipe: str = "pretrain"  # pretrain, sft, dpo or eval
+    config: Optional[str] = None  # the recipe's YAML ("{variant}" replaced)
+    init_from: Optional[str] = None  # an earlier stage's name, or "previous"
+    overrides: dict = dataclasses.field(default_factory=dict)  # extra --key value for the recipe
+    variants: Optional[list[str]] = None  # only in these variants
+    optional: Optional[str] = None  # chat or eval: run only with --with-chat / --with-eval
+    launcher: Optional[list[str]] = None  # this stage's launcher (default: the pipeline's)
+    suite: Optional[str] = None  # eval: the suite
+    limit: Optional[float] = None  # eval: lm-eval --limit
+
+
+@dataclasses.dataclass
+class PipelineFile:
+    """The top level of a pipeline file."""
+
+    stages: list  # mappings, each a StageSpec
+    name: Optional[str] = None  # default: the file's name
+    variants: list[str] = dataclasses.field(default_factory=list)
+    variant: Optional[str] = None  # default: the first variant
+    launcher: list[str] = dataclasses.field(default_factory=lambda: ["python"])
+
+
+# the keys a pipeline file and a stage may hold: their dataclasses' fields (one source)
+PIPELINE_KEYS = {f.name for f in dataclasses.fields(PipelineFile)}
+STAGE_KEYS = {f.name for f in dataclasses.fields(StageSpec)}
 
 
 @dataclasses.dataclass
@@ -59,23 +70,25 @@ def _repo_path(p: str | os.PathLike) -> Path:
 
 
 def load_pipeline(path: str | os.PathLike) -> Pipeline:
-    """Read and check a pipeline file; every problem (for every variant) is reported at once."""
+    """Read and check a pipeline file; every problem (for every variant) is reported at once. Keys and value types
+    are checked against ``PipelineFile`` and ``StageSpec`` by the parser every config goes through
+    (``tinyllama.config.check_mapping``)."""
     path = Path(path)
     data = load_yaml(path)
-    errors = [f"unknown key '{k}' (known: {', '.join(sorted(PIPELINE_KEYS))})" for k in data if k not in PIPELINE_KEYS]
-    variants = data.get("variants") or []
-    if not (isinstance(variants, list) and variants and all(isinstance(v, str) for v in variants)):
-        errors.append(f"'variants' must be a non-empty list of names, got {variants!r}")
-        variants = []
-    variant = data.get("variant", variants[0] if variants else None)
+    errors: list[str] = []
+    top = check_mapping(PipelineFile, data, "(pipeline file)", errors)
+    variants = top.get("variants") or []
+    if not variants and ("variants" in top or "variants" not in data):  # (a value of the wrong type: reported)
+        errors.append(f"'variants' must be a non-empty list of names, got {data.get('variants')!r}")
+    variant = top.get("variant") or (variants[0] if variants else None)
     if variants and variant not in variants:
         errors.append(f"'variant' {variant!r} is not one of the variants {variants}")
-    launcher = data.get("launcher", ["python"])
-    if not (isinstance(launcher, list) and launcher and all(isinstance(x, str) for x in launcher)):
-        errors.append(f"'launcher' must be a list of strings, e.g. [python], got {launcher!r}")
+    launcher = top.get("launcher", ["python"])
+    if not launcher:
+        errors.append("'launcher' must be a list of strings, e.g. [python]")
     stages = []
-    raw_stages = data.get("stages")
-    if not isinstance(raw_stages, list) or not raw_stages:
+    raw_stages = top.get("stages")
+    if not raw_stages:
         errors.append("'stages' must be a non-empty list of stages")
         raw_stages = []
     for i, raw in enumerate(raw_stages):
@@ -83,15 +96,11 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         if not isinstance(raw, dict):
             errors.append(f"{where}: must be a mapping")
             continue
-        errors += [f"{where}: unknown key '{k}' (known: {', '.join(sorted(STAGE_KEYS))})" for k in raw
-                   if k not in STAGE_KEYS]
-        try:
-            spec = StageSpec(**{k: v for k, v in raw.items() if k in STAGE_KEYS})
-        except TypeError as e:
-            errors.append(f"{where}: {e}")
-            continue
-        if not isinstance(spec.name, str) or not spec.name:
+        fields = check_mapping(StageSpec, raw, f"in {where}", errors)
+        if not isinstance(fields.get("name"), str) or not fields.get("name"):
             errors.append(f"{where}: 'name' is required")
+            continue
+        spec = StageSpec(**fields)
         if spec.recipe not in RECIPES:
             errors.append(f"{where}: 'recipe' must be one of {', '.join(RECIPES)}, got {spec.recipe!r}")
         if spec.recipe == "eval":
@@ -101,13 +110,11 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
             errors.append(f"{where}: 'config' is required")
         if spec.optional is not None and spec.optional not in OPTIONAL_FLAGS:
             errors.append(f"{where}: 'optional' must be one of {', '.join(OPTIONAL_FLAGS)}, got {spec.optional!r}")
-        if spec.variants is not None and (not isinstance(spec.variants, list) or set(spec.variants) - set(variants)):
+        if spec.variants is not None and set(spec.variants) - set(variants):
             errors.append(f"{where}: 'variants' must list some of {variants}, got {spec.variants!r}")
-        if not isinstance(spec.overrides, dict):
-            errors.append(f"{where}: 'overrides' must be a mapping of key: value")
         stages.append(spec)
-    pipeline = Pipeline(str(data.get("name") or path.stem), variant, variants, launcher, stages, path)
-    if isinstance(launcher, list) and all(isinstance(s.name, str) and s.name for s in stages):
+    pipeline = Pipeline(str(top.get("name") or path.stem), variant, variants, launcher, stages, path)
+    if launcher and all(isinstance(s.name, str) and s.name for s in stages):
         for v in variants:  # every variant's plan must hold together: names, references, config files
             errors += [f"variant {v}: {e}" for e in _check_plan(pipeline, v)]
     if errors:

@@ -126,7 +126,7 @@ class PretrainArgs:
     # ---- Hub ----------------------------------------------------------------------------------------------------
     push_to_hub: bool = field(default=False, metadata=_help("upload exports to the Hub in the background"))
     hub_model_id: Optional[str] = field(default=None, metadata=_help("user/repo on the Hub"))
-    hub_private: bool = False
+    hub_private: bool = field(default=False, metadata=_help("create the Hub repository as private"))
     hub_revision: Optional[str] = field(default=None, metadata=_help("branch to push to (default: main)"))
     hub_upload_retries: int = field(default=5, metadata=_help("attempts per upload before it is reported failed"))
 
@@ -282,3 +282,13 @@ def require_resolved(args: PretrainArgs) -> None:
                          f"{args.lr_step_offset}: the learning rate would jump mid-stage. With 'continue', init_from "
                          f"({args.init_from}) changed since the run started; rerun the stage from its start (a new "
                          "output_dir), or resume with --lr_step_offset " + str(before))
+
+
+# The fields that do not change the weights a run produces (logging, checkpoint cadence, evaluation, the Hub): the
+# pipeline does not count a difference in them alone as a changed stage. (A set here, beside the fields, rather than
+# in their metadata: HfArgumentParser hands every metadata key to argparse.) A new field that only changes how a run
+# is watched or stored belongs here; tests/test_pipeline.py checks every name is a field.
+OPERATIONAL_KEYS = frozenset({
+    "run_name", "report_to", "num_workers", "log_every", "eval_every", "eval_batches", "eval_suite", "eval_limit",
+    "eval_data_dir", "save_every", "keep_last", "export", "export_initial", "resume", "prepare_config", "peak_flops",
+    "push_to_hub", "hub_model_id", "hub_private", "hub_revision", "hub_upload_retries"})
