@@ -189,11 +189,17 @@ def test_dedup_settings_are_checked_and_recorded(tmp_path, planted, demo_paths):
         prepare_data(_config(tmp_path, planted, demo_paths, dedup={"threshold": 1.5, "bands": 4, "ngram": 0}))
     msg = str(e.value)
     assert "dedup.threshold" in msg and "unknown key 'bands'" in msg and "dedup.ngram" in msg
+    with pytest.raises(ConfigError) as e:  # the decontamination keys too, in the same message
+        prepare_data(_config(tmp_path, planted, demo_paths, decontaminate={"suites": ["comonsense"], "mode": "cut"}))
+    assert "no suite 'comonsense'" in str(e.value) and "decontaminate.mode" in str(e.value)
     with pytest.raises(ConfigError, match="sources.web.dedup"):
         prepare_data(_config(tmp_path, planted, demo_paths, sources={"web": {"path": str(planted["path"]),
                                                                              "dedup": "often"}}))
     prepare_data(_config(tmp_path, planted, demo_paths, sources={"web": {"path": str(planted["path"])}},
                          dedup={"threshold": 0.7}))
+    # on the command line, a YAML value: the same settings, so the finished source is not prepared again
+    args = _config(tmp_path, planted, demo_paths, sources={"web": {"path": str(planted["path"])}})
+    prepare_data(args + ["--dedup", "{threshold: 0.7}"])
     with pytest.raises(ValueError, match=r"prepared with other settings \(dedup\)"):
         prepare_data(_config(tmp_path, planted, demo_paths, sources={"web": {"path": str(planted["path"])}}))
 

@@ -95,3 +95,16 @@ def _plan_pipeline(path):
     pipeline = load_pipeline(path)
     for variant in pipeline.variants:
         assert plan(pipeline, variant, with_chat=True, with_eval=True)
+
+
+def test_reproduction_data_configs_neither_deduplicate_nor_decontaminate():
+    """TinyLlama did neither: every data config but the "your own data" example keeps both steps off."""
+    from tinyllama.data.prepare import load_config
+
+    for path in sorted((REPO / "configs" / "data").glob("*.yaml")):
+        cfg = load_config(path)
+        screening = [cfg.screening(s) for s in cfg.source_specs()]
+        if path.name == "own-corpus.yaml":
+            assert all(d is not None and c is not None and c.mode == "drop" for d, c in screening)
+        else:
+            assert all(s == (None, None) for s in screening), path.name

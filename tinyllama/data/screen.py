@@ -52,6 +52,13 @@ class DecontaminationSettings:
             suites = [suites]
         if not isinstance(suites, list) or not suites or not all(isinstance(s, str) and s for s in suites):
             errors.append(f"{where}.suites: expected a list of suite names (evaluation/suites/), got {suites!r}")
+        else:
+            from ..evaluation.suites import available_suites
+
+            known = available_suites()
+            for name in suites:
+                if name not in known and not (name.endswith((".yaml", ".yml")) and Path(name).is_file()):
+                    errors.append(f"{where}.suites: no suite '{name}' (known: {', '.join(known)}; or a suite YAML path)")
         ngram = value.get("ngram", cls.ngram)
         if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1:
             errors.append(f"{where}.ngram: expected an integer >= 1, got {ngram!r}")
