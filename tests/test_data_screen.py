@@ -125,3 +125,24 @@ def test_a_half_prepared_source_does_not_resume_against_other_test_items(tmp_pat
     with pytest.raises(ValueError, match="partly prepared against other benchmark test items"):
         prepare_data(["--config", str(tmp_path / "report.yaml")])
     np.testing.assert_equal(len(list((tmp_path / "report" / "web").glob("train/shard-*.bin"))) > 0, True)
+
+
+@pytest.mark.parametrize("mode", ["report", "drop"])
+def test_decontamination_alone_keeps_duplicates_and_counts_every_holder(tmp_path, mode):
+    """Without dedup, each document holding an item is counted (and in drop mode dropped), copies included."""
+    from tinyllama.data.decontaminate import TestIndex
+    from tinyllama.data.screen import DecontaminationSettings, Screener, ScreenSpec, SourceScreen
+
+    item = "the quick brown fox jumps over the lazy dog while the cat watches from the warm windowsill"
+    index = TestIndex.build({"toy": [item, "too short"]}, 13)
+    spec = ScreenSpec(None, None, DecontaminationSettings(suites=("commonsense",), mode=mode), index)
+    texts = [FILLER, FILLER + item.upper(), FILLER, FILLER + item.upper()]
+    screen = SourceScreen(spec, tmp_path, {"stats": {"rows_read": 0}})
+    verdicts = screen.decide(Screener(spec).screen(texts), [0, 1, 2, 3])
+    dropped = "contaminated" if mode == "drop" else None
+    assert verdicts == [None, dropped, None, dropped]
+    manifest = {}
+    screen.commit(manifest, 4)
+    section = manifest["contamination"]
+    assert section["documents"] == 2 and section["tasks"]["toy"] == {"items": 2, "too_short": 1, "contaminated": [0]}
+    assert not (tmp_path / "dedup.sqlite").exists()
