@@ -25,7 +25,8 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) scripts/pipeline.py $(DEMO_ARGS)
 
-# -n 2: two pytest-xdist workers (most tests wait on a launched process or a tiny model: one core each);
+# -n 2: two pytest-xdist workers (most tests wait on a launched process or a tiny model: one core each; tests/conftest.py
+# gives each worker, and what it launches, one torch thread);
 # --dist loadfile keeps a file's tests, and their module fixtures, on one worker.
 test: install
 	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=15 -m "not llama_cpp"

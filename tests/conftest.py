@@ -8,11 +8,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
 os.environ.setdefault("WANDB_DISABLED", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs one pytest-xdist worker per core: each worker, and every process it launches (recipes,
+    # scripts, accelerate ranks: they inherit the environment), computes on one thread. With torch's default of a
+    # thread per core, the two workers' OpenMP threads fight for the two cores and spin while they wait: the same
+    # 100-step pretraining took 48 CPU-seconds in the suite and 18 on one thread, with bitwise-equal losses. (A
+    # plain single-process `pytest` keeps torch's default.) OMP_NUM_THREADS=N overrides it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # (in case torch was imported before this file)
 
 REPO = Path(__file__).resolve().parent.parent
 

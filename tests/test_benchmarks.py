@@ -5,36 +5,40 @@ import sys
 
 import pytest
 
-from pretrain_utils import run_cli
+from pretrain_utils import load_script, run_cli
 
 
 pytestmark = pytest.mark.slow  # each benchmark runs in its own processes; make test-fast skips it
 
 
 @pytest.fixture(scope="module")
-def toy_gpu_run(tmp_path_factory):
+def toy_gpu_run(tmp_path_factory, demo_paths):
     """scripts/gpu/benchmark.sh with TOY=1, run once for the module: it runs benchmark_pretrain.py
-    (``--model tiny --seq-len 32 --micro-batch 2 --steps 1 --warmup 1``) over the CPU variants and
+    (``--model tiny --seq-len 32 --micro-batch 2 --steps 1 --warmup 1``) over the CPU variants,
     benchmark_inference.py (``--model tiny --batch-sizes 1,2 --prompt-len 8 --new-tokens 4 --repeats 1
-    --compile-on-cpu``), each table tee'd to OUT: the tests of the two scripts read those tables."""
+    --compile-on-cpu``) and its speculative table (``--draft tiny --prompt-lookup 10``, prompts from the demo
+    corpus), each table tee'd to OUT: the tests of the two scripts read those tables (one run of each script
+    instead of one per test: every launch costs seconds of CPU in imports alone)."""
     out = tmp_path_factory.mktemp("gpu-benchmark")
     proc = run_cli(["bash", "scripts/gpu/benchmark.sh"], env={"TOY": "1", "OUT": str(out), "PYTHON": sys.executable},
                    timeout=900)
     return proc, out
 
 
-def test_pretrain_benchmark_prints_a_row_per_variant_and_skips_missing_kernels(toy_gpu_run):
+def test_pretrain_benchmark_prints_a_row_per_variant_and_skips_missing_kernels(toy_gpu_run, monkeypatch,
+                                                                                capsys):
     proc, out = toy_gpu_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = [line for line in (out / "pretrain.md").read_text().splitlines() if line.startswith("| ")]
     assert table[0].startswith("| variant | attention | tokens/s")
     assert table[1].startswith("| sdpa | sdpa |")
     assert next(ln for ln in table if ln.startswith("| sdpa+docmask ")).startswith("| sdpa+docmask | sdpa |")
-    # a kernel that is not installed (flash-attn, on CPU) is a skipped row, not a failed run
-    proc = run_cli([sys.executable, "scripts/benchmark_pretrain.py", "--model", "tiny", "--seq-len", "32",
-                    "--micro-batch", "2", "--steps", "1", "--warmup", "1", "--variants", "fa2"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    # a kernel that is not installed (flash-attn, on CPU) is a skipped row, not a failed run (the script's main()
+    # in this process: the requirement is checked before any variant's process is started)
+    monkeypatch.setattr(sys, "argv", ["benchmark_pretrain.py", "--model", "tiny", "--seq-len", "32",
+                                      "--micro-batch", "2", "--steps", "1", "--warmup", "1", "--variants", "fa2"])
+    load_script("scripts/benchmark_pretrain.py").main()
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| variant | attention | tokens/s")
     assert "| fa2 | skipped:" in table[1]
 
@@ -47,16 +51,15 @@ def test_inference_benchmark_prints_ttft_and_decode_rows(toy_gpu_run):
     assert rows == [[f"| {b}", c] for b in (1, 2) for c in ("dynamic", "static", "static + compile")]
 
 
-def test_inference_benchmark_speculative_table(demo_paths):
+def test_inference_benchmark_speculative_table(toy_gpu_run):
     """--draft and --prompt-lookup add a batch-1 table; a draft with the target's weights (the same config and seed)
-    has every proposal accepted, and every output equals plain greedy's."""
-    proc = run_cli([sys.executable, "scripts/benchmark_inference.py", "--model", "tiny", "--draft", "tiny",
-                    "--prompt-lookup", "3", "--batch-sizes", "1", "--prompt-len", "16", "--new-tokens", "6",
-                    "--prompts", "2", "--repeats", "1"])
+    has every proposal accepted, and every output equals plain greedy's. (The TOY run's draft part:
+    ``--model tiny --draft tiny --prompt-lookup 10 --batch-sizes 1 --prompt-len 16 --new-tokens 8 --prompts 2``.)"""
+    proc, out = toy_gpu_run
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line.strip("| ").split(" | ") for line in proc.stdout.splitlines()
+    rows = [line.strip("| ").split(" | ") for line in (out / "draft.md").read_text().splitlines()
             if line.startswith(("| plain", "| assisted", "| prompt lookup"))]
-    assert [r[0] for r in rows] == ["plain greedy", "assisted: draft tiny", "prompt lookup, 3 tokens"]
+    assert [r[0] for r in rows] == ["plain greedy", "assisted: draft tiny", "prompt lookup, 10 tokens"]
     assert [r[-1] for r in rows] == ["2/2"] * 3  # equal to plain greedy, token for token
     assert rows[1][4] == "100.0%" and float(rows[1][3]) > 1.5  # all accepted: several tokens per forward pass
     assert rows[0][3] == "1.00" and rows[0][4] == "-"
