@@ -65,6 +65,10 @@ def test_exports_carry_the_sentencepiece_model_that_agrees_with_their_tokenizer(
     offline = export_checkpoint(run / "checkpoints" / "step-000008", tmp_path / "offline")
     for folder in (run / "checkpoints" / "step-000008" / "tokenizer", run / "export" / "final", offline):
         assert (folder / "tokenizer.model").read_bytes() == source, folder
+    # the offline export says what the loop's export says about its run (schedule position, data, mixture)
+    meta = {f: json.loads((f / "training_metadata.json").read_text()) for f in (run / "export" / "step-000008", offline)}
+    for key in ("step", "tokens_seen", "stage", "run_name", "mixture", "init_from", "lr_step_offset", "data_dir"):
+        assert meta[offline][key] == meta[run / "export" / "step-000008"][key], key
     final = run / "export" / "final"
     texts = [json.loads(line)["text"] for line in list(demo_paths["slimpajama"].open())[:30]]
     texts += ["    indented  code\n\tx = 12345", " leading space", "床前明月光 😀"]

@@ -238,6 +238,23 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path, tokenizer=None) -> Pa
         elif (checkpoint_dir / "tokenizer").is_dir():
             for f in (checkpoint_dir / "tokenizer").iterdir():
                 shutil.copy2(f, tmp / f.name)
-        metadata = {"step": state.step, "tokens_seen": state.tokens, "source_checkpoint": str(checkpoint_dir)}
+        metadata = {"step": state.step, "tokens_seen": state.tokens, "source_checkpoint": str(checkpoint_dir),
+                    **_run_metadata(checkpoint_dir.parent.parent / "config.yaml")}
         atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=2))
     return Path(out_dir)
+
+
+def _run_metadata(run_config: Path) -> dict:
+    """What the training loop's exports record about their run (``Checkpointer.metadata``), read back from the run's
+    saved config.yaml: so an export made offline still says where its learning-rate schedule stopped
+    (``lr_step_offset: continue``) and what data it was trained on (the evaluation report's contamination marks)."""
+    if not run_config.is_file():
+        return {}
+    import yaml
+
+    cfg = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
+    out = {k: cfg[k] for k in ("stage", "run_name", "mixture", "init_from", "lr_step_offset") if k in cfg}
+    data_dir = cfg.get("data_dir")
+    if isinstance(data_dir, str) and Path(data_dir).is_dir():  # (relative paths: to the current directory)
+        out["data_dir"] = str(Path(data_dir).resolve())
+    return out
