@@ -35,7 +35,7 @@ from ..tokenizer import check_preparation_tokenizer
 from ..utils import TMP_PREFIX, RunStopped
 from .dedup import INDEX_FILE, DedupSettings
 from .readers import Position, SourceReader, SourceSpec
-from .report import write_report
+from .report import REPORT, write_report
 from .screen import DecontaminationSettings, ScreenSpec, SourceScreen, index_fingerprint
 from .shards import FORMAT, MAX_SHARD_TOKENS, SPLITS, ShardWriter, check_shards, read_manifest, shard_paths, \
     write_manifest
@@ -205,7 +205,8 @@ def prepare_sources(cfg: PrepareConfig) -> Path:
     todo = [s for s in specs if not _is_done(cfg, s, out / s.name)]
     if not todo:
         log.info("all %d source(s) already prepared in %s", len(specs), out)
-        write_report(out, [s.name for s in specs])
+        if not (out / REPORT).is_file():  # (a no-op rerun stays cheap: the report of the run that finished stands)
+            write_report(out, list(cfg.sources))
         return out
 
     if cfg.build_demo:
@@ -265,7 +266,7 @@ def prepare_sources(cfg: PrepareConfig) -> Path:
     finally:
         if pool is not None:
             pool.shutdown()
-    write_report(out, [s.name for s in specs])
+    write_report(out, list(cfg.sources))  # every source of the config with a manifest, not only --only
     return out
 
 

@@ -1,8 +1,9 @@
 """The preparation report: per source, the rows read and what became of them (kept, filtered, bad row, duplicate,
 near duplicate, contaminated), the tokens kept, and the benchmark items found in the documents.
 
-Written from the manifests alone (so a rerun with nothing to do writes the same report) to
-``<output_dir>/preparation_report.md`` with a bar chart ``preparation_report.png`` beside it, and printed.
+Written from the manifests alone, of every source of the config that has one (so preparing sources one at a time with
+``--only`` ends with a report of all), to ``<output_dir>/preparation_report.md`` with a bar chart
+``preparation_report.png`` beside it, and printed; a rerun with nothing to do leaves an existing report as it is.
 """
 
 from __future__ import annotations
