@@ -225,3 +225,18 @@ def test_band_collisions_below_the_threshold_are_kept(tmp_path, demo_paths):
     verdicts = index.screen(keys, list(range(len(texts))), [None] * len(texts))
     assert all(verdicts[i] is None for _, i in below)
     index.close()
+
+
+def test_the_report_covers_every_prepared_source_of_the_config(tmp_path, planted, demo_paths):
+    """Sources prepared one at a time (--only) end with one report of both; a no-op rerun leaves it alone."""
+    sources = {name: {"path": str(planted["path"])} for name in ("first", "second")}
+    args = _config(tmp_path, planted, demo_paths, sources=sources, dedup={"near": False})
+    out = prepare_data(args + ["--only", "first"])
+    rows = [line.split("|")[1].strip() for line in (out / REPORT).read_text().splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["first"]
+    prepare_data(args + ["--only", "second"])
+    text = (out / REPORT).read_text()
+    assert "| first |" in text and "| second |" in text
+    mtime = (out / REPORT).stat().st_mtime_ns
+    prepare_data(args)  # nothing to do
+    assert (out / REPORT).stat().st_mtime_ns == mtime
