@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from test_data_dedup import Words, _kept_texts
+from test_data_dedup import Words, _kept_texts, _shards
 from test_decontaminate import FILLER, _reformat, _result, _row, report  # noqa: F401 (report: a fixture)
 from test_eval_run import write_fixtures
 from tinyllama.data.decontaminate import load_test_items
@@ -45,12 +45,13 @@ def corpus(tmp_path_factory, eval_data):
             "order": distinct[:15] + [contaminated[0]] + distinct[15:] + contaminated[1:]}
 
 
-def _prepare(tmp_path, corpus, eval_data, demo_paths, mode):
-    cfg = {"tokenizer": str(demo_paths["tokenizer"]), "output_dir": str(tmp_path / mode), "num_workers": 0,
+def _prepare(tmp_path, corpus, eval_data, demo_paths, mode, workers=0):
+    cfg = {"tokenizer": str(demo_paths["tokenizer"]), "output_dir": str(tmp_path / mode), "num_workers": workers,
            "validation_documents": 0, "shard_tokens": 5000, "batch_rows": 4, "dedup": True,
            "decontaminate": {"suites": ["commonsense"], "mode": mode, "eval_data_dir": str(eval_data)},
            "sources": {"web": {"path": str(corpus["path"])}}}
     path = tmp_path / f"{mode}.yaml"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cfg))
     return prepare_data(["--config", str(path)])
 
@@ -69,6 +70,11 @@ def test_planted_duplicates_and_benchmark_items_are_all_found_and_nothing_else(
     assert section["documents"] == 3 and section["mode"] == "report" and section["ngram"] == 13
     text = (out / REPORT).read_text()
     assert "| hellaswag | 3 | 1 | 0 |" in text and "| piqa | 3 | 0 | 1 |" in text  # piqa's short item: unchecked
+    # two worker processes (the test items pickled to each once): the same shards and the same manifest
+    out2 = _prepare(tmp_path / "w2", corpus, eval_data, demo_paths, "report", workers=2)
+    assert _shards(out2 / "web") == _shards(folder)
+    m2 = json.loads((out2 / "web" / "manifest.json").read_text())
+    assert m2["contamination"] == section and m2["stats"] == manifest["stats"]
 
     # drop mode: those documents (and the copy of one) go too, counted as contaminated; the tally still names them
     out_drop = _prepare(tmp_path, corpus, eval_data, demo_paths, "drop")
