@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import optional_step
 from .ngrams import ngram_hashes, normalize, word_hashes
 
 log = logging.getLogger(__name__)
@@ -52,22 +53,13 @@ class DedupSettings:
     num_perm: int = 128  # MinHash permutations (signature length)
     seed: int = 1  # MinHash permutation seed
 
-    KEYS = ("exact", "near", "threshold", "ngram", "num_perm", "seed")
-
     @classmethod
     def parse(cls, where: str, value, errors: list[str]) -> "DedupSettings | None":
         """``true`` (defaults), ``false``/absent (None: off), or a mapping of the fields."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if not isinstance(value, dict):
-            errors.append(f"{where}: expected true, false or a mapping of {', '.join(cls.KEYS)}; got {value!r}")
-            return None
         n = len(errors)
-        for k in value:
-            if k not in cls.KEYS:
-                errors.append(f"{where}: unknown key '{k}' (known: {', '.join(cls.KEYS)})")
+        value = optional_step(cls, value, where, errors)
+        if value is None:
+            return None
         for k in ("exact", "near"):
             if k in value and not isinstance(value[k], bool):
                 errors.append(f"{where}.{k}: expected true or false, got {value[k]!r}")

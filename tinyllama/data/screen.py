@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import optional_step
 from .dedup import DedupIndex, DedupSettings, Deduplicator
 from .ngrams import ngram_hashes, normalize, word_hashes
 
@@ -32,21 +33,12 @@ class DecontaminationSettings:
     mode: str = "report"  # report: count and keep; drop: leave the document out
     eval_data_dir: str | None = None  # local copies of the tasks' data (default: the EVAL_DATA_DIR environment var)
 
-    KEYS = ("suites", "ngram", "mode", "eval_data_dir")
-
     @classmethod
     def parse(cls, where: str, value: Any, errors: list[str]) -> "DecontaminationSettings | None":
-        if value is None or value is False:
-            return None
-        if value is True:
-            value = {}
-        if not isinstance(value, dict):
-            errors.append(f"{where}: expected true, false or a mapping of {', '.join(cls.KEYS)}; got {value!r}")
-            return None
         n = len(errors)
-        for k in value:
-            if k not in cls.KEYS:
-                errors.append(f"{where}: unknown key '{k}' (known: {', '.join(cls.KEYS)})")
+        value = optional_step(cls, value, where, errors)
+        if value is None:
+            return None
         suites = value.get("suites", list(cls.suites))
         if isinstance(suites, str):
             suites = [suites]
@@ -87,10 +79,6 @@ class ScreenSpec:
     decontaminate: DecontaminationSettings | None
     index: Any = None  # decontaminate.TestIndex
 
-    @property
-    def active(self) -> bool:
-        return self.dedup is not None or self.decontaminate is not None
-
 
 class Screener:
     """Worker side: per document, its dedup keys (or None) and its benchmark hits (a list of (task, item))."""
@@ -104,9 +92,10 @@ class Screener:
         """The text of each document is normalised and its words hashed once, for both steps."""
         keys = [] if self.dedup is not None else None
         hits = [] if self.index is not None else None
+        need_hashes = hits is not None or self.dedup.settings.near  # (exact-only dedup hashes the text alone)
         for text in texts:
             normalized = normalize(text)
-            hashes = word_hashes(normalized.split())
+            hashes = word_hashes(normalized.split()) if need_hashes else None
             if keys is not None:
                 keys.append(self.dedup.keys_from(normalized, hashes))
             if hits is not None:
