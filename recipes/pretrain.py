@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from tinyllama.config import config_to_dict, parse_config
 from tinyllama.data import DistributedStepSampler, MixtureDataset, parse_mixture, prepare_data, validation_dataset
 from tinyllama.model import count_parameters, flops_per_token
-from tinyllama.training.args import DEMO_CONFIG, PretrainArgs, require_resolved
+from tinyllama.training.args import DEMO_CONFIG, PretrainArgs, require_resolved, require_same_run
+from tinyllama.training.checkpoint import accelerator_format, resume_source
 from tinyllama.training.checkpointer import Checkpointer
 from tinyllama.training.core import (fill_deepspeed_config, forward_loss, is_deepspeed, make_accelerator,
                                      setup_model, train_step)
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- config (every problem reported at once, before any work) ------------------------------------------
     (args,) = parse_config(PretrainArgs, argv, default_config=DEMO_CONFIG)
     require_resolved(args)  # lr_step_offset: continue -> a number, the same one on resume
+    require_same_run(args)  # a resume continues its run: the global batch, data, optimizer, schedule unchanged
     args.eval_data_dir = args.eval_data_dir or os.environ.get("EVAL_DATA_DIR") or None  # the one env override
     run_dir = args.run_dir
     accelerator = make_accelerator(args, project_dir=run_dir)
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("no --config given: running the embedded demo (%s) on %s", DEMO_CONFIG.relative_to(Path.cwd())
                  if DEMO_CONFIG.is_relative_to(Path.cwd()) else DEMO_CONFIG, accelerator.device)
     world, rank = accelerator.num_processes, accelerator.process_index
+    # what a resume reads: the same or (DDP, FSDP) any number of processes, DeepSpeed's universal conversion on
+    # another number, or one message before any work
+    resume_from = resume_source(args.resume, run_dir / "checkpoints", accelerator_format(accelerator), world)
     batches = BatchSchedule.from_args(args)
     stop = StopRequested()
 
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     def grad_accum_at(step: int) -> int:
         return batches.batch_at(step) // (args.micro_batch_size * world)
 
-    fill_deepspeed_config(accelerator, args, grad_accum_at(0))  # before prepare, which reads it
+    fill_deepspeed_config(accelerator, args, grad_accum_at(0),  # before prepare, which reads it
+                          load_universal=resume_from is not None and resume_from.universal)
     if args.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- resume this run, or start from other weights (after prepare: the state is loaded into its wrappers) ----
     metrics = MetricsLog(accelerator, run_dir / "logs")
     checkpointer = Checkpointer(accelerator, args, model, tokenizer, run_dir, n_params, metrics)
-    state = checkpointer.resume_or_init()
+    state = checkpointer.resume_or_init(resume_from)
     resolved = config_to_dict(args)  # (never holds the Hub token)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
              batches.batch_at(state.step), args.seq_len, args.max_steps, state.step)
     throughput = Throughput(flops, world, device_peak_flops(args.peak_flops))
     interval = Interval(accelerator, train_set.source_names, throughput)
+    interval.restore(state.log_window)  # a resumed run's first log line averages the same steps as an uninterrupted one
     poisoned = _fault_nan_steps()
     batches_iter, current_batch = None, None
     bar = tqdm(total=args.max_steps, initial=state.step, desc="pretrain", disable=not accelerator.is_main_process,
@@ -175,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         _inject_preemption(state.step)
         stop_now = accelerator.reduce(torch.tensor(float(stop.flag), device=accelerator.device), "sum").item() > 0
         if state.step % args.save_every == 0 or state.step == args.max_steps or stop_now:
+            state.log_window = interval.snapshot()
             checkpointer.save(state, final=state.step == args.max_steps)
         if stop_now:
             log.warning("stop requested (%s): checkpoint at step %d saved, exiting; resume with --resume auto",
@@ -192,28 +200,57 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 class Interval:
-    """The metrics of the steps since the last log line, summed over ranks at log time only (one all-reduce)."""
+    """The metrics of the steps since the last log line, summed over ranks at log time only (one all-reduce).
+
+    The window is the same sums on every layout: a float64 sum of micro-batch losses and their count, and the samples
+    read by source. A checkpoint carries the window's global sums (``snapshot``), which one rank takes back on resume
+    (``restore``), so a log line whose window straddles a resume, even on another number of processes, shows the
+    numbers of an uninterrupted run."""
 
     def __init__(self, accelerator, source_names: list[str], throughput):
         self.accelerator, self.source_names, self.throughput = accelerator, source_names, throughput
-        device = accelerator.device
-        self.loss_sum, self.loss_count = torch.zeros((), device=device), 0
-        self.source_counts = torch.zeros(len(source_names))  # samples read, by source (on the host: no copy per
-        #                                                        micro-batch; moved to the device at log steps)
+        self.loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+        self.loss_count = 0  # micro-batches in loss_sum
+        self.source_counts = torch.zeros(len(source_names), dtype=torch.float64)  # samples read, by source (on the
+        #                                 host: no copy per micro-batch; moved to the device at log steps)
         self.grad_norm, self.last_loss = None, float("nan")
 
     def add(self, result, tokens: int) -> None:
         self.throughput.update(tokens)
         self.grad_norm = None if result.skipped else result.grad_norm
         if not result.skipped:
-            self.loss_sum += result.loss
-            self.loss_count += 1
+            self.loss_sum += result.loss_sum
+            self.loss_count += result.micro_batches
 
-    def read(self, **fields) -> dict:
+    def _reduce_and_reset(self) -> torch.Tensor:
         device = self.loss_sum.device
         total = self.accelerator.reduce(torch.cat([
-            torch.stack([self.loss_sum, torch.tensor(float(self.loss_count), device=device)]),
+            torch.stack([self.loss_sum, torch.tensor(float(self.loss_count), device=device, dtype=torch.float64)]),
             self.source_counts.to(device)]), "sum")
+        self.loss_sum.zero_()
+        self.source_counts.zero_()
+        self.loss_count = 0
+        return total
+
+    def snapshot(self) -> list[float]:
+        """The open window's global sums (every rank calls this; the window then lives on rank 0 alone)."""
+        total = self._reduce_and_reset().tolist()
+        if self.accelerator.is_main_process:
+            self.restore(total)
+        return total
+
+    def restore(self, window: list[float] | None) -> None:
+        """Take back a checkpoint's window: on the main process only (the read at log time sums over ranks)."""
+        if window and self.accelerator.is_main_process:
+            if len(window) != 2 + len(self.source_names):
+                raise ValueError(f"the checkpoint's log window has {len(window) - 2} sources, this run's mixture "
+                                 f"{len(self.source_names)}")
+            self.loss_sum += window[0]
+            self.loss_count += int(window[1])
+            self.source_counts += torch.tensor(window[2:], dtype=torch.float64)
+
+    def read(self, **fields) -> dict:
+        total = self._reduce_and_reset()
         row = {**fields, **self.throughput.read()}
         if total[1] > 0:  # (an interval of only skipped steps has no loss to show)
             self.last_loss = (total[0] / total[1]).item()
@@ -226,24 +263,28 @@ class Interval:
         read = total[2:]  # the sources of the samples actually read since the last log line, all ranks
         for name, c in zip(self.source_names, read.tolist()):
             row[f"mix/{name}"] = c / max(read.sum().item(), 1.0)
-        self.loss_sum.zero_()
-        self.source_counts.zero_()
-        self.loss_count = 0
         return row
 
 
 @torch.no_grad()
 def validate(model, val_set, args, accelerator) -> float:
-    """Mean loss over the same held-out micro-batches every time (each rank takes its own slice)."""
+    """Mean loss over the same held-out micro-batches every time, whatever the number of processes: micro-batch j
+    holds samples [j*m, (j+1)*m) and rank r takes j = r, r + world, ...; the sum is float64 (exact), so the value
+    does not depend on how the micro-batches were spread over ranks (a resume on another world size logs the same
+    val_loss). Every rank runs the same number of forwards (ZeRO-3 gathers weights in each one): a rank with no
+    micro-batch left repeats the first with weight 0."""
     model.eval()
-    n = min(len(val_set), args.eval_batches * args.micro_batch_size * accelerator.num_processes)
-    indices = list(range(accelerator.process_index, n, accelerator.num_processes))
-    total = torch.zeros(2, device=accelerator.device)
-    for i in range(0, len(indices), args.micro_batch_size):
-        batch = torch.utils.data.default_collate([val_set[j] for j in indices[i:i + args.micro_batch_size]])
+    m, world, rank = args.micro_batch_size, accelerator.num_processes, accelerator.process_index
+    n_batches = min(args.eval_batches, len(val_set) // m)
+    total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    for i in range(-(-n_batches // world)):
+        j = i * world + rank
+        real = j < n_batches
+        batch = torch.utils.data.default_collate([val_set[k] for k in range((j if real else 0) * m,
+                                                                            ((j if real else 0) + 1) * m)])
         loss = forward_loss(model, batch, args.document_masking, accelerator.device)
-        total += torch.stack([loss.float() * len(batch["input_ids"]), torch.tensor(float(len(batch["input_ids"])),
-                                                                                     device=total.device)])
+        total += float(real) * torch.stack([loss.detach().double(), torch.ones((), device=total.device,
+                                                                              dtype=torch.float64)])
     total = accelerator.reduce(total, "sum")
     model.train()
     return (total[0] / total[1].clamp(min=1)).item()

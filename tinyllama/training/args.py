@@ -109,7 +109,9 @@ class PretrainArgs:
     peak_flops: Optional[float] = field(default=None, metadata=_help(
         "peak dense FLOP/s of one device for MFU (default: looked up from the GPU name)"))
     eval_every: int = field(default=1000, metadata=_help("steps between validation losses (0 = off)"))
-    eval_batches: int = field(default=16, metadata=_help("micro-batches per rank in each validation"))
+    eval_batches: int = field(default=16, metadata=_help(
+        "held-out micro-batches in each validation, split over the processes (the same samples on any number of "
+        "processes)"))
     save_every: int = field(default=1000, metadata=_help("steps between checkpoints (the last step is saved too)"))
     keep_last: int = field(default=3, metadata=_help("checkpoints kept (older ones are deleted)"))
     export: bool = field(default=True, metadata=_help(
@@ -258,6 +260,20 @@ def continued_lr_step(init_from: str) -> int:
     return offset + record["step"]
 
 
+def _resumed_run_config(args: PretrainArgs) -> tuple[dict, Path] | None:
+    """The config.yaml this run was started with, when this launch resumes it (a checkpoint exists); else None."""
+    saved = args.run_dir / "config.yaml"
+    if args.resume is None or not saved.is_file():
+        return None
+    from .checkpoint import find_resume_checkpoint
+
+    if find_resume_checkpoint(args.resume, args.run_dir / "checkpoints") is None:
+        return None
+    import yaml
+
+    return (yaml.safe_load(saved.read_text()) or {}), saved
+
+
 def require_resolved(args: PretrainArgs) -> None:
     """At the start of a run, before any work: ``lr_step_offset: continue`` has become a number (its init_from
     exists now), and a resumed run keeps the offset it started with: if init_from was retrained since, 'continue'
@@ -267,21 +283,53 @@ def require_resolved(args: PretrainArgs) -> None:
             args.lr_step_offset = continued_lr_step(args.init_from)
         except ValueError as err:
             raise ValueError(f"'lr_step_offset: continue': {err}") from None
-    saved = args.run_dir / "config.yaml"
-    if args.resume is None or not saved.is_file():
+    resumed = _resumed_run_config(args)
+    if resumed is None:
         return
-    from .checkpoint import find_resume_checkpoint
-
-    if find_resume_checkpoint(args.resume, args.run_dir / "checkpoints") is None:
-        return
-    import yaml
-
-    before = (yaml.safe_load(saved.read_text()) or {}).get("lr_step_offset")
+    before, saved = resumed[0].get("lr_step_offset"), resumed[1]
     if isinstance(before, int) and before != args.lr_step_offset:
         raise ValueError(f"'lr_step_offset': this run started with {before} ({saved}) and would resume with "
                          f"{args.lr_step_offset}: the learning rate would jump mid-stage. With 'continue', init_from "
                          f"({args.init_from}) changed since the run started; rerun the stage from its start (a new "
                          "output_dir), or resume with --lr_step_offset " + str(before))
+
+
+def require_same_run(args: PretrainArgs) -> None:
+    """A resume continues the run its checkpoint belongs to, or stops before any work: a setting that changes what
+    is trained from here on (the global batch, the data mixture or seed, the optimizer, the learning-rate schedule,
+    the precision ...) differs from the run's config.yaml -> one message naming each field and what to pass.
+
+    What may change (:data:`RESUME_MAY_CHANGE`, and :data:`OPERATIONAL_KEYS`): how the same global batch is computed
+    (micro batch, processes, kernels, checkpointing, compile), where files are (a cluster with other mounts), and
+    max_steps / lr_schedule_steps as long as the learning-rate schedule stays the same."""
+    resumed = _resumed_run_config(args)
+    if resumed is None:
+        return
+    before, saved = resumed
+    from dataclasses import fields
+
+    from .schedule import LRSchedule
+
+    now = {f.name: getattr(args, f.name) for f in fields(args)}
+    skip = OPERATIONAL_KEYS | RESUME_MAY_CHANGE
+    diffs = [(k, before[k], now[k]) for k in now if k not in skip and k in before and before[k] != now[k]]
+    old_args = PretrainArgs(**{k: v for k, v in before.items() if k in now})
+    if not diffs and LRSchedule.from_args(old_args) != LRSchedule.from_args(args):  # (max_steps stretches a cosine)
+        diffs = [(k, before.get(k), now[k]) for k in ("max_steps", "lr_schedule_steps") if before.get(k) != now[k]]
+    if diffs:
+        changed = "; ".join(f"{k}: {b!r} -> {n!r}" for k, b, n in diffs)
+        restore = " ".join(f"--{k} {_cli_value(b)}" for k, b, _ in diffs)
+        raise ValueError(
+            f"'resume': this launch would continue the run in {args.run_dir} on other settings ({changed}; the run's "
+            f"own are in {saved}). To continue it, pass {restore}; to train with the new settings, start a new run "
+            "(another output_dir) with --init_from <its checkpoint folder> (and --init_optimizer true to keep the "
+            "optimizer state)")
+
+
+def _cli_value(value) -> str:
+    if isinstance(value, (dict, list)):
+        return "'" + json.dumps(value) + "'"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 # The fields that do not change the weights a run produces (logging, checkpoint cadence, evaluation, the Hub): the
@@ -292,3 +340,11 @@ OPERATIONAL_KEYS = frozenset({
     "run_name", "report_to", "num_workers", "log_every", "eval_every", "eval_batches", "eval_suite", "eval_limit",
     "eval_data_dir", "save_every", "keep_last", "export", "export_initial", "resume", "prepare_config", "peak_flops",
     "push_to_hub", "hub_model_id", "hub_private", "hub_revision", "hub_upload_retries"})
+
+# The fields a resume may change (require_same_run) besides the operational ones: how the same global batch is
+# computed, where the files are, what only a fresh start reads, and the step count (the learning-rate schedule is
+# compared as a whole).
+RESUME_MAY_CHANGE = frozenset({
+    "micro_batch_size", "gradient_checkpointing", "compile", "attn_implementation", "use_liger_kernel",
+    "trust_remote_code", "output_dir", "data_dir", "tokenizer", "model_config", "init_from", "init_optimizer", "init",
+    "stage", "max_steps", "lr_schedule_steps"})

@@ -43,6 +43,10 @@ class TrainState:
     tokens: int = 0  # tokens trained on in this run
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
     consecutive_nonfinite: int = 0
+    # the log window open at the checkpoint, summed over every rank: [loss sum, micro-batches, samples per source...]
+    # (recipes/pretrain.py's Interval), so the first log line after a resume averages the same steps as an
+    # uninterrupted run's, on any number of processes
+    log_window: list | None = None
 
     @classmethod
     def read(cls, folder: Path) -> "TrainState":
@@ -75,6 +79,82 @@ def find_resume_checkpoint(resume: str | None, root: Path) -> Path | None:
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"'resume': {path} is not a complete checkpoint (no {STATE_FILE})")
     return path
+
+
+UNIVERSAL = "universal"  # <checkpoint>/universal/: DeepSpeed's universal conversion of the checkpoint's ZeRO state
+FORMATS = {"plain": "one process or DDP", "zero": "DeepSpeed ZeRO-1/2", "zero3": "DeepSpeed ZeRO-3", "fsdp": "FSDP"}
+
+
+def checkpoint_layout(folder: Path) -> tuple[str, int]:
+    """(format, number of processes) of a checkpoint folder, read from the files accelerate's save_state wrote:
+    ``model.safetensors`` (one process or DDP), ``pytorch_model/`` (DeepSpeed; ZeRO-3 writes one model-states file
+    per rank), ``pytorch_model_fsdp_0/`` (FSDP, torch.distributed.checkpoint); one ``random_states_<rank>.pkl`` per
+    process."""
+    folder = Path(folder)
+    ds = folder / "pytorch_model"
+    if ds.is_dir():
+        kind = "zero3" if any(ds.glob("zero_pp_rank_*_model_states.pt")) else "zero"
+    elif (folder / "pytorch_model_fsdp_0").is_dir():
+        kind = "fsdp"
+    else:
+        kind = "plain"
+    return kind, len(list(folder.glob("random_states_*.pkl")))
+
+
+def accelerator_format(accelerator) -> str:
+    """The checkpoint format this launch writes (:data:`FORMATS`)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        stage = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage")
+        return "zero3" if stage == 3 else "zero"
+    return "fsdp" if accelerator.distributed_type == DistributedType.FSDP else "plain"
+
+
+@dataclass(frozen=True)
+class ResumeSource:
+    folder: Path  # the checkpoint: train_state.json, model_config.json, the engine's state
+    load_dir: Path  # what accelerate's load_state reads: the folder, or its DeepSpeed universal conversion
+    universal: bool = False  # DeepSpeed must be configured to load a universal checkpoint (before prepare)
+
+
+def universal_command(folder: Path) -> str:
+    """DeepSpeed's own converter, writing the universal checkpoint a resume on another world size reads."""
+    return (f"python -m deepspeed.checkpoint.ds_to_universal --inject_missing_state --input_folder "
+            f"{folder}/pytorch_model --output_folder {folder}/{UNIVERSAL}/pytorch_model")
+
+
+def resume_source(resume: str | None, root: Path, fmt: str, world_size: int) -> ResumeSource | None:
+    """What a resume reads, decided before any work (before the model is built and DeepSpeed configured).
+
+    - the same engine and number of processes: the checkpoint itself;
+    - one process or DDP on another number of processes: the checkpoint itself (one copy of model and optimizer);
+    - FSDP on another number of processes: the checkpoint itself (torch.distributed.checkpoint reshards on load);
+    - DeepSpeed ZeRO on another number of processes: its optimizer state is partitioned by rank, and DeepSpeed
+      re-partitions it only from its universal format; a checkpoint converted by :func:`universal_command` is read
+      through it, otherwise one message naming that command;
+    - another engine: refused (each engine reads only its own format); init_from takes the weights of any of them.
+    """
+    folder = find_resume_checkpoint(resume, root)
+    if folder is None:
+        return None
+    saved_fmt, saved_world = checkpoint_layout(folder)
+    if saved_fmt != fmt:
+        raise ValueError(
+            f"'resume': {folder} was written under {FORMATS[saved_fmt]} and this launch runs {FORMATS[fmt]}: a "
+            "checkpoint resumes only under the engine that wrote it (its optimizer state is in that engine's "
+            "format). Launch with the accelerate config of the run, or start a new run from its weights with "
+            f"--init_from {folder}")
+    if saved_world == world_size or fmt not in ("zero", "zero3"):
+        return ResumeSource(folder, folder)
+    universal = folder / UNIVERSAL
+    if (universal / "latest_universal").is_file():  # (written last by the converter: the conversion is whole)
+        return ResumeSource(folder, universal, universal=True)
+    raise ValueError(
+        f"'resume': {folder} was written by {saved_world} processes under {FORMATS[fmt]} and this launch has "
+        f"{world_size}. DeepSpeed re-partitions its optimizer state for another number of processes only from its "
+        f"universal checkpoint: convert this one once (on one machine, no GPU needed) with\n    "
+        f"{universal_command(folder)}\nthen run this command again. Or launch {saved_world} processes")
 
 
 def _remove(path: Path) -> None:
@@ -136,7 +216,8 @@ def save_checkpoint(accelerator, root: Path, state: TrainState, model_config, ke
     return final
 
 
-def load_checkpoint(accelerator, folder: Path) -> TrainState:
+def load_checkpoint(accelerator, source: ResumeSource) -> TrainState:
+    folder = source.folder
     saved = Path(folder) / "model_config.json"
     if saved.is_file() and accelerator._models:  # another model size: say so before torch's size-mismatch wall
         from transformers import LlamaConfig
@@ -146,7 +227,7 @@ def load_checkpoint(accelerator, folder: Path) -> TrainState:
         model_config = accelerator.unwrap_model(accelerator._models[0]).config
         check_same_architecture(model_config, LlamaConfig.from_json_file(str(saved)), "of this run",
                                 f"checkpoint {folder} ('resume')")
-    accelerator.load_state(str(folder))
+    accelerator.load_state(str(source.load_dir))
     return TrainState.read(folder)
 
 

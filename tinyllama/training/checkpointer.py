@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 
 from ..tokenizer import save_tokenizer
-from .checkpoint import (TrainState, clean_stale_tmp, export_model, find_resume_checkpoint, load_checkpoint,
-                         point_final, rotate_exports, save_checkpoint, step_name)
+from .checkpoint import (ResumeSource, TrainState, clean_stale_tmp, export_model, load_checkpoint, point_final,
+                         rotate_exports, save_checkpoint, step_name)
 from .hub import HubUploader, model_card
 
 log = logging.getLogger(__name__)
@@ -31,16 +31,17 @@ class Checkpointer:
         self.uploader = HubUploader(args.hub_model_id, args.hub_private, args.hub_revision,
                                     args.hub_upload_retries) if args.push_to_hub and main else None
 
-    def resume_or_init(self) -> TrainState:
-        """The state of this run's newest checkpoint (``resume``), or a fresh one; with ``init_from`` a checkpoint
-        folder and ``init_optimizer``, that run's model, optimizer and RNG come along (the model weights of any
-        other ``init_from`` were loaded when the model was built)."""
+    def resume_or_init(self, resume_from: ResumeSource | None) -> TrainState:
+        """The state of the checkpoint ``resume_from`` (``checkpoint.resume_source``: this run's newest, decided at
+        start-up), or a fresh one; with ``init_from`` a checkpoint folder and ``init_optimizer``, that run's model,
+        optimizer and RNG come along (the model weights of any other ``init_from`` were loaded when the model was
+        built)."""
         args, accelerator = self.args, self.accelerator
-        resume_from = find_resume_checkpoint(args.resume, self.ckpt_root)
         if resume_from is not None:
             state = load_checkpoint(accelerator, resume_from)
-            log.info("resumed from %s: step %d, %d samples, %d tokens", resume_from, state.step, state.samples,
-                     state.tokens)
+            log.info("resumed from %s%s: step %d, %d samples, %d tokens", resume_from.folder,
+                     " (its DeepSpeed universal checkpoint)" if resume_from.universal else "", state.step,
+                     state.samples, state.tokens)
             return state
         if args.init_from:
             if args.init_optimizer:  # same topology as the source run: model, optimizer and RNG state come along

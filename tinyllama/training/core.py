@@ -66,8 +66,9 @@ def is_deepspeed(accelerator) -> bool:
     return accelerator.state.deepspeed_plugin is not None
 
 
-def fill_deepspeed_config(accelerator, args, grad_accum: int) -> None:
-    """Fill the DeepSpeed config's ``auto`` values from the recipe (we pass no dataloader to ``prepare``)."""
+def fill_deepspeed_config(accelerator, args, grad_accum: int, load_universal: bool = False) -> None:
+    """Fill the DeepSpeed config's ``auto`` values from the recipe (we pass no dataloader to ``prepare``);
+    ``load_universal``: the resume reads a universal checkpoint (another number of processes)."""
     plugin = accelerator.state.deepspeed_plugin
     if plugin is None:
         return
@@ -88,6 +89,8 @@ def fill_deepspeed_config(accelerator, args, grad_accum: int) -> None:
     zero = config.get("zero_optimization", {})
     if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save", "auto") == "auto":
         zero["stage3_gather_16bit_weights_on_model_save"] = True  # exports need whole weights
+    if load_universal:
+        config.setdefault("checkpoint", {})["load_universal"] = True
     plugin.gradient_accumulation_steps = grad_accum
     accelerator.gradient_accumulation_steps = grad_accum
 
@@ -169,7 +172,8 @@ def forward_loss(model, batch: dict, document_masking: bool, device) -> torch.Te
 
 @dataclass
 class StepResult:
-    loss: torch.Tensor  # mean loss over the step's micro-batches, on the device (no sync); 0 when skipped
+    loss_sum: torch.Tensor  # float64 sum of this rank's micro-batch losses, on the device (no sync); 0 when skipped
+    micro_batches: int  # how many micro-batch losses loss_sum holds (0 when skipped)
     grad_norm: torch.Tensor | float | None  # before clipping; None when the step was skipped before the backward
     skipped: bool  # a non-finite loss or gradient: no update was made (the step's data is consumed anyway)
 
@@ -183,13 +187,16 @@ def train_step(model, optimizer, accelerator, batches, accum: int, document_mask
     updates the weights inside the last micro-batch's backward, so there the decision is taken before that backward
     (one all-reduce per step); elsewhere it is taken after the backward, before ``optimizer.step()``.
     ``source_counts`` (on the host) counts the samples read, by source. ``poison_loss``: fault injection for the
-    tests (this step's loss becomes NaN).
+    tests (this step's loss becomes NaN). The loss is returned as a float64 sum of micro-batch losses, not a mean:
+    sums of float32 values in float64 are exact, so the logged mean over a window is the same number however the
+    window's micro-batches were split over ranks and steps (a resume on another world size logs what an
+    uninterrupted run logs).
     """
     deepspeed = is_deepspeed(accelerator)
     device = accelerator.device
     accelerator.step = 0  # micro-step counter of accumulate(): sync on the last micro-batch of this step
     nonfinite = torch.zeros((), device=device)
-    step_loss = torch.zeros((), device=device)
+    step_loss = torch.zeros((), device=device, dtype=torch.float64)
     skipped, grad_norm = False, None
     for micro in range(accum):
         batch = next(batches)
@@ -207,7 +214,7 @@ def train_step(model, optimizer, accelerator, batches, accum: int, document_mask
                     model.optimizer.zero_grad()
                     continue
             accelerator.backward(loss)
-            step_loss += loss.detach() / accum
+            step_loss += loss.detach().double()
     if deepspeed:
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if not skipped else None
         skipped = skipped or grad_norm is None or not math.isfinite(float(grad_norm))
@@ -219,4 +226,4 @@ def train_step(model, optimizer, accelerator, batches, accum: int, document_mask
         if not skipped:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(step_loss, grad_norm, skipped)
+    return StepResult(step_loss, 0 if skipped else accum, grad_norm, skipped)
