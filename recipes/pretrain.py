@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=args.trust_remote_code)
 
     # ---- model and optimizer ---------------------------------------------------------------------------------
-    model = setup_model(args)  # fresh (TinyLlama's init) or from init_from's weights
+    model = setup_model(args, accelerator)  # fresh (TinyLlama's init) or from init_from's weights; ZeRO-3 partitioned
+    #                                       while built only with zero3_init_flag
     if len(tokenizer) > model.config.vocab_size or train_set.vocab_size > model.config.vocab_size:
         raise ValueError(f"tokenizer {args.tokenizer} ({len(tokenizer)} tokens; data prepared with "
                          f"{train_set.vocab_size}) does not fit the model's vocab_size {model.config.vocab_size}")

@@ -110,7 +110,7 @@ def run_variant(v: dict, a) -> dict:
         plugin = DeepSpeedPlugin(hf_ds_config=str(REPO / "configs/deepspeed/zero2.json"))
     accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", deepspeed_plugin=plugin,
                               kwargs_handlers=process_group_kwargs(deepspeed=plugin is not None))
-    model = setup_model(args)
+    model = setup_model(args, accelerator)
     attn = resolve_attn_implementation(v["attn"])
     n_params = count_parameters(model)
     flops = flops_per_token(model.config, a.seq_len, count_parameters(model, exclude_input_embedding=True))

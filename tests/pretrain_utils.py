@@ -81,6 +81,63 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 600) -> sub
     return subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
+FAULT_LAUNCHER = REPO / "tests" / "faults" / "launch.py"  # runs the recipe as is, unless a fault/record is asked for
+
+
+def accelerate_launch(accelerate_config, *args, processes: int | None = None, env: dict | None = None):
+    """``accelerate launch --config_file <accelerate_config> [--num_processes N] <args>``, as a user would type it."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config)]
+    if processes:
+        cmd += ["--num_processes", str(processes)]
+    return run_cli(cmd + [str(a) for a in args], env=env)
+
+
+def launch_pretrain(accelerate_config, config: Path, out: Path, *extra, processes: int | None = None,
+                    env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """recipes/pretrain.py under ``accelerate launch`` (through tests/faults/launch.py, so that ``env`` may ask for
+    a fault or a record of the samples read); ``accelerate_config`` a file name in configs/accelerate or a path."""
+    path = Path(accelerate_config)
+    path = path if path.is_absolute() else ACCELERATE_CONFIGS / path
+    proc = accelerate_launch(path, FAULT_LAUNCHER, "recipes/pretrain.py", "--config", config, "--output_dir", out,
+                             *extra, processes=processes, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def zero3_init_config(tmp_path: Path) -> Path:
+    """configs/accelerate/cpu-deepspeed-zero3.yaml with zero3_init_flag true: the model built partitioned."""
+    text = (ACCELERATE_CONFIGS / "cpu-deepspeed-zero3.yaml").read_text()
+    assert "zero3_init_flag: false" in text
+    path = tmp_path / "cpu-deepspeed-zero3-init.yaml"
+    path.write_text(text.replace("zero3_init_flag: false", "zero3_init_flag: true"))
+    return path
+
+
+def cut_at(run_dir: Path, step: int, dest: Path) -> Path:
+    """A copy of a finished run as it was right after its checkpoint at ``step``: later checkpoints, the exports and
+    the log lines past that step removed (an interruption, without running the run again)."""
+    import shutil
+
+    shutil.copytree(run_dir, dest, symlinks=True)
+    for ckpt in (dest / "checkpoints").glob("step-*"):
+        if int(ckpt.name.split("-")[1]) > step:
+            shutil.rmtree(ckpt)
+    shutil.rmtree(dest / "export", ignore_errors=True)
+    rows = [r for r in metrics(dest) if r["step"] <= step]
+    (dest / "logs" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return dest
+
+
+TIMING = ("tokens_per_sec", "tokens_per_sec_per_device", "mfu", "peak_memory_gb")
+
+
+def logged(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the timing fields: what an interrupted run must log exactly as an uninterrupted one."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(run_dir)]
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "logs" / "metrics.jsonl").read_text().splitlines()]
 

@@ -142,26 +142,52 @@ def tinyllama_init_stds(config) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def init_weights(model, scheme: str = "tinyllama") -> None:
+def init_weights(model, scheme: str = "tinyllama", seed: int | None = None) -> None:
     """Re-draw a freshly built model's weights with ``scheme``: ``tinyllama`` (above; RMSNorm weights 1, biases 0)
     or ``hf`` (transformers' own N(0, initializer_range) everywhere, already drawn by ``from_config``: nothing to do).
 
-    Written here because transformers has no switch for it. Works on weights partitioned by DeepSpeed ZeRO-3's
-    zero.Init too: each module's weights are gathered, drawn on rank 0 and scattered back."""
+    Written here because transformers has no switch for it. The draws come from one CPU generator seeded with
+    ``seed``, module by module in order, so the weights are a function of the seed alone: the same on CPU and GPU,
+    in one process or built partitioned by DeepSpeed ZeRO-3's zero.Init (each module's weights are gathered, drawn
+    on rank 0 and scattered back), whatever else consumed random numbers before."""
     if scheme not in INIT_CHOICES:
         raise ValueError(f"init must be one of {INIT_CHOICES}, got {scheme!r}")
     if scheme == "hf":
         return
     std, out_std = tinyllama_init_stds(model.config)
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)
     for name, module in model.named_modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
             with _gathered(module):
-                module.weight.normal_(0.0, out_std if name.endswith(OUTPUT_PROJECTIONS) else std)
+                w = module.weight
+                w.copy_(torch.empty(w.shape).normal_(0.0, out_std if name.endswith(OUTPUT_PROJECTIONS) else std,
+                                                     generator=generator))
                 if getattr(module, "bias", None) is not None:
                     module.bias.zero_()
         elif type(module).__name__.endswith("RMSNorm"):
             with _gathered(module):
                 module.weight.fill_(1.0)
+
+
+@torch.no_grad()
+def load_weights(model, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state_dict, strict=True)``, also into a model built partitioned by DeepSpeed ZeRO-3's
+    zero.Init (zero3_init_flag), module by module: whole weights are gathered one module at a time, so a model
+    larger than one device's memory can be loaded."""
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        model.load_state_dict(state_dict, strict=True)
+        return
+    names = {n for n, _ in model.named_parameters()}
+    missing, unexpected = sorted(names - set(state_dict)), sorted(set(state_dict) - names)
+    if missing or unexpected:
+        raise ValueError(f"{source}: the weights do not fit the model (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]})")
+    for name, module in model.named_modules():
+        params = dict(module.named_parameters(recurse=False))
+        if params:
+            with _gathered(module):
+                for pname, p in params.items():
+                    p.copy_(state_dict[f"{name}.{pname}" if name else pname])
 
 
 def _gathered(module):
@@ -195,9 +221,12 @@ def count_parameters(model_or_config, exclude_input_embedding: bool = False) -> 
 
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(model_or_config)
-    total = sum(p.numel() for p in model.parameters())
+    def numel(p):  # (a weight partitioned by ZeRO-3's zero.Init holds none of its elements here: ds_numel counts them)
+        return getattr(p, "ds_numel", None) or p.numel()
+
+    total = sum(numel(p) for p in model.parameters())
     if exclude_input_embedding:
-        total -= model.get_input_embeddings().weight.numel()
+        total -= numel(model.get_input_embeddings().weight)
     return total
 
 

@@ -3,6 +3,8 @@
     python tests/faults/launch.py recipes/pretrain.py --config run.yaml ...
     TINYLLAMA_TEST_FAULT="kill@checkpoint:2"      SIGKILL this process at the 2nd checkpoint write
     TINYLLAMA_TEST_FAULT="enospc@checkpoint:2"    raise OSError(ENOSPC) there instead
+    TINYLLAMA_TEST_FAULT="sigterm@step:2"         send this process SIGTERM there (a preemption: the recipe
+                                                  finishes the step, saves a checkpoint and exits)
 
 Points (each counted per process, the n-th occurrence triggers):
   step        pretraining: before the n-th micro-batch's forward (mid-step when gradient accumulation > 1)
@@ -17,8 +19,12 @@ Points (each counted per process, the n-th occurrence triggers):
   sft_save    SFT (Trainer): checkpoint-N has the adapter and optimizer, but not yet RNG and trainer_state.json
   sft_step    SFT (Trainer): before the n-th training step
 
+    TINYLLAMA_TEST_RECORD_SAMPLES=DIR             append every training sample index this process reads to
+                                                  DIR/samples-<pid>.txt (MixtureDataset.__getitem__; with
+                                                  num_workers 0 a sample is read when it is consumed)
+
 The hooks wrap library functions from the outside (nothing in the package changes for the tests); with the
-variable unset the script runs exactly as ``python SCRIPT``.
+variables unset the script runs exactly as ``python SCRIPT``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ def _action(kind: str, point: str):
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if kind == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise SystemExit(f"unknown fault action {kind!r}")
 
 
@@ -131,11 +140,26 @@ def install(spec: str) -> None:
         raise SystemExit(f"unknown fault point {point!r}")
 
 
+def record_samples(folder: str) -> None:
+    from tinyllama.data.mixture import MixtureDataset
+
+    original = MixtureDataset.__getitem__
+    out = open(Path(folder) / f"samples-{os.getpid()}.txt", "a", buffering=1)  # (line-buffered: kills lose nothing)
+
+    def getitem(self, index):
+        out.write(f"{index}\n")
+        return original(self, index)
+
+    MixtureDataset.__getitem__ = getitem
+
+
 def main() -> None:
     script, *args = sys.argv[1:]
     sys.path.insert(0, str(REPO))
     if os.environ.get("TINYLLAMA_TEST_FAULT"):
         install(os.environ["TINYLLAMA_TEST_FAULT"])
+    if os.environ.get("TINYLLAMA_TEST_RECORD_SAMPLES"):
+        record_samples(os.environ["TINYLLAMA_TEST_RECORD_SAMPLES"])
     path = Path(script) if Path(script).is_absolute() else REPO / script
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.parent))

@@ -3,6 +3,7 @@ runs): the Accelerator, the model with its options, the loss of one micro-batch 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import build_model, init_weights, load_model_config
+from ..model import build_model, init_weights, load_model_config, load_weights
 from .checkpoint import STATE_FILE, checkpoint_state_dict
 
 log = logging.getLogger(__name__)
@@ -99,23 +100,30 @@ def is_checkpoint(path) -> bool:
     return os.path.isfile(os.path.join(str(path), STATE_FILE))
 
 
-def setup_model(args):
-    """Build the model (fresh, from a model folder/Hub id, or from a checkpoint folder) and apply the options."""
-    if args.init_from and is_checkpoint(args.init_from):
-        model = build_model(os.path.join(args.init_from, "model_config.json"),
-                            attn_implementation=args.attn_implementation, trust_remote_code=False)
-        if args.model_config:
-            from ..model import check_same_architecture
+@contextlib.contextmanager
+def built_as_configured(accelerator=None):
+    """Build the model the way the accelerate config asks: under DeepSpeed ZeRO-3 with ``zero3_init_flag: true``,
+    partitioned while it is built (transformers' deepspeed.zero.Init: for models larger than one device), otherwise
+    whole on every rank and partitioned by ``prepare``. accelerate registers its DeepSpeed config with transformers
+    whatever the flag (``DeepSpeedPlugin.set_deepspeed_weakref``), and transformers builds under zero.Init whenever
+    one is registered; so with the flag false the registration is lifted while the model is built, and put back."""
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    if plugin is None or plugin.zero3_init_flag or getattr(plugin, "dschf", None) is None:
+        yield
+        return
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
 
-            check_same_architecture(load_model_config(args.model_config), model.config, args.model_config,
-                                    args.init_from)
-        model.load_state_dict(checkpoint_state_dict(args.init_from), strict=True)
-    else:  # fp32 weights whatever the file holds (a Hub checkpoint may be bf16): autocast keeps fp32 masters
-        model = build_model(args.model_config, init_from=args.init_from, attn_implementation=args.attn_implementation,
-                            trust_remote_code=args.trust_remote_code, seed=args.seed,
-                            dtype=torch.float32 if args.init_from else None)
-        if not args.init_from:  # from scratch: TinyLlama's initialisation unless the config says otherwise
-            init_weights(model, args.init)
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(plugin.dschf)
+
+
+def setup_model(args, accelerator=None):
+    """Build the model (fresh, from a model folder/Hub id, or from a checkpoint folder) and apply the options."""
+    with built_as_configured(accelerator):
+        model = _build(args)
     model.config.use_cache = False
     if args.use_liger_kernel:
         if importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available():
@@ -127,6 +135,26 @@ def setup_model(args):
                                         fused_linear_cross_entropy=True, cross_entropy=False)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def _build(args):
+    if args.init_from and is_checkpoint(args.init_from):
+        model = build_model(os.path.join(args.init_from, "model_config.json"),
+                            attn_implementation=args.attn_implementation, trust_remote_code=False)
+        if args.model_config:
+            from ..model import check_same_architecture
+
+            check_same_architecture(load_model_config(args.model_config), model.config, args.model_config,
+                                    args.init_from)
+        load_weights(model, checkpoint_state_dict(args.init_from), args.init_from)
+        return model
+    # fp32 weights whatever the file holds (a Hub checkpoint may be bf16): autocast keeps fp32 masters
+    model = build_model(args.model_config, init_from=args.init_from, attn_implementation=args.attn_implementation,
+                        trust_remote_code=args.trust_remote_code, seed=args.seed,
+                        dtype=torch.float32 if args.init_from else None)
+    if not args.init_from:  # from scratch: TinyLlama's initialisation unless the config says otherwise
+        init_weights(model, args.init, seed=args.seed)
     return model
 
 
