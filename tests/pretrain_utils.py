@@ -81,6 +81,10 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 600) -> sub
     return subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+# the multi-process resume cases (tests/test_pretrain_distributed.py, tests/faults/test_faults_world_size.py): 4 steps,
+# checkpoints at 2 and 4; log_every 3, so the step-3 log line's window straddles a resume at step 2
+RESUME_RUN = "max_steps: 4\nsave_every: 2\neval_every: 2\nlog_every: 3\nexport_initial: true\n"
+
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
 FAULT_LAUNCHER = REPO / "tests" / "faults" / "launch.py"  # runs the recipe as is, unless a fault/record is asked for
 
@@ -128,6 +132,18 @@ def cut_at(run_dir: Path, step: int, dest: Path) -> Path:
     rows = [r for r in metrics(dest) if r["step"] <= step]
     (dest / "logs" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return dest
+
+
+def fsdp2_worker(processes: int, out: Path, *args) -> dict:
+    """tests/fsdp2_worker.py under torchrun (FSDP2 on CPU, accelerate's FSDP checkpoint functions): the final whole
+    weights."""
+    import torch
+
+    out.mkdir()
+    proc = run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                    "tests/fsdp2_worker.py", str(out), *map(str, args)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out / "final.pt")
 
 
 TIMING = ("tokens_per_sec", "tokens_per_sec_per_device", "mfu", "peak_memory_gb")

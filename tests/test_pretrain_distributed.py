@@ -10,16 +10,14 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from fault_utils import same_weights, tree_hashes
-from pretrain_utils import (REPO, accelerate_launch, cut_at, launch_pretrain, logged, losses, run_inprocess,
-                            write_config, zero3_init_config)
+from pretrain_utils import (REPO, RESUME_RUN, accelerate_launch, cut_at, fsdp2_worker, launch_pretrain, logged,
+                            losses, run_inprocess, write_config, zero3_init_config)
 
 pytestmark = pytest.mark.slow
 
-# log_every 3: the step-3 log line's window straddles a resume at step 2 (the window travels in the checkpoint)
-CONFIG = "max_steps: 4\nsave_every: 2\neval_every: 2\nlog_every: 3\nexport_initial: true\n"
+CONFIG = RESUME_RUN
 ENGINES = {"ddp": "cpu.yaml", "zero2": "cpu-deepspeed-zero2.yaml", "zero3-init": None}  # None: zero3_init_config
 FINAL = "export/final/model.safetensors"
 
@@ -119,19 +117,11 @@ def test_zero2_on_another_number_of_processes_is_refused_then_resumed_through_th
 def test_fsdp2_sharded_checkpoint_resumes_on_another_number_of_processes(tmp_path):
     """FSDP2: accelerate's sharded checkpoint (torch.distributed.checkpoint) written by 2 processes and read by 1
     (tests/fsdp2_worker.py: fully_shard on CPU with gloo; accelerate's own FSDP needs CUDA), bitwise."""
-    def worker(processes, out, *args):
-        out.mkdir()
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                               "tests/fsdp2_worker.py", str(out), *args], cwd=REPO, capture_output=True, text=True,
-                              timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return torch.load(out / "final.pt")
-
-    full = worker(2, tmp_path / "full", "--save_at", "2")
+    full = fsdp2_worker(2, tmp_path / "full", "--save_at", "2")
     assert (tmp_path / "full" / "checkpoint" / "pytorch_model_fsdp_0").is_dir()
-    resumed = worker(1, tmp_path / "resumed", "--resume_from", str(tmp_path / "full" / "checkpoint"))
+    resumed = fsdp2_worker(1, tmp_path / "resumed", "--resume_from", str(tmp_path / "full" / "checkpoint"))
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
-    fresh = worker(1, tmp_path / "one", "--steps", "2")  # (the check can fail: 2 steps fewer is another model)
+    fresh = fsdp2_worker(1, tmp_path / "one", "--steps", "2")  # (the check can fail: 2 steps fewer is another model)
     assert not all(torch.equal(full[k], fresh[k]) for k in full)
 
 
