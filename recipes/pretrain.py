@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -184,7 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
         stop_now = accelerator.reduce(torch.tensor(float(stop.flag), device=accelerator.device), "sum").item() > 0
         if state.step % args.save_every == 0 or state.step == args.max_steps or stop_now:
             state.log_window = interval.snapshot()
+            started = time.perf_counter()
             checkpointer.save(state, final=state.step == args.max_steps)
+            # how long training stood still for it (state, export, upload hand-off, eval): docs/benchmarks.md
+            metrics.log({"checkpoint_seconds": time.perf_counter() - started}, state.step)
         if stop_now:
             log.warning("stop requested (%s): checkpoint at step %d saved, exiting; resume with --resume auto",
                         stop.name or "on another rank", state.step)

@@ -108,3 +108,44 @@ def test_a_full_disk_during_a_checkpoint_is_named_and_keeps_the_previous_one(tmp
                 raise ValueError("something else")
 
         save_checkpoint(Other(), tmp_path / "ckpt", TrainState(step=4), None, keep_last=3)
+
+
+def test_resume_source_by_engine_and_number_of_processes(tmp_path):
+    """What a resume reads (tinyllama.training.checkpoint.resume_source), from the files accelerate wrote: DDP and
+    FSDP checkpoints on any number of processes as they are; DeepSpeed's on another number only through its universal
+    conversion, else one message naming the converter; another engine's never."""
+    from tinyllama.training.checkpoint import ResumeSource, resume_source
+
+    def checkpoint(kind: str, ranks: int):
+        root = tmp_path / kind / "checkpoints"
+        folder = root / "step-000002"
+        folder.mkdir(parents=True)
+        (folder / "train_state.json").write_text("{}")
+        for r in range(ranks):
+            (folder / f"random_states_{r}.pkl").write_bytes(b"")
+        files = {"plain": ["model.safetensors"], "fsdp": ["pytorch_model_fsdp_0/.metadata"],
+                 "zero": ["pytorch_model/zero_pp_rank_0_mp_rank_00_optim_states.pt"],
+                 "zero3": ["pytorch_model/zero_pp_rank_0_mp_rank_00_model_states.pt"]}[kind]
+        for f in files:
+            (folder / f).parent.mkdir(parents=True, exist_ok=True)
+            (folder / f).write_bytes(b"")
+        return folder
+
+    for kind in ("plain", "fsdp"):
+        folder = checkpoint(kind, 2)
+        assert resume_source("auto", folder.parent, kind, 1) == ResumeSource(folder, folder)
+    for kind in ("zero", "zero3"):
+        folder = checkpoint(kind, 2)
+        assert resume_source("auto", folder.parent, kind, 2) == ResumeSource(folder, folder)
+        with pytest.raises(ValueError, match=r"written by 2 processes .* this launch has 4\..*\n    python -m "
+                                             r"deepspeed\.checkpoint\.ds_to_universal --inject_missing_state"):
+            resume_source("auto", folder.parent, kind, 4)
+        (folder / "universal" / "pytorch_model").mkdir(parents=True)  # a conversion killed half-way: not whole
+        with pytest.raises(ValueError, match="ds_to_universal"):
+            resume_source("auto", folder.parent, kind, 4)
+        (folder / "universal" / "latest_universal").write_text("pytorch_model")
+        assert resume_source("auto", folder.parent, kind, 4) == ResumeSource(folder, folder / "universal", True)
+    with pytest.raises(ValueError, match="written under DeepSpeed ZeRO-3 and this launch runs one process or DDP"):
+        resume_source("auto", (tmp_path / "zero3" / "checkpoints"), "plain", 2)
+    assert resume_source("auto", tmp_path / "none", "plain", 1) is None and resume_source(None, tmp_path, "zero", 1) \
+        is None
