@@ -81,3 +81,35 @@ def demo_tokenizer(demo_paths):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(demo_paths["tokenizer"]))
+
+
+@pytest.fixture(scope="session")
+def resume_one_process(tmp_path_factory, demo_paths):
+    """pretrain_utils.RESUME_RUN in one process (micro batch 4, 2 accumulation steps: 8 samples per step), in-process:
+    the reference of the multi-process resume tests."""
+    from pretrain_utils import RESUME_RUN, run_inprocess, write_config
+
+    tmp = tmp_path_factory.mktemp("resume_one_process")
+    run_inprocess(write_config(tmp, RESUME_RUN), "--output_dir", str(tmp / "run"))
+    return tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def resume_two_processes(tmp_path_factory, demo_paths):
+    """engine (ddp, zero2, zero3-init) -> (accelerate config, run config, RESUME_RUN run uninterrupted on 2 processes
+    launched with accelerate launch, its log); each engine's run is made once."""
+    from pretrain_utils import RESUME_RUN, launch_pretrain, write_config, zero3_init_config
+
+    runs = {}
+
+    def get(engine: str):
+        if engine not in runs:
+            tmp = tmp_path_factory.mktemp(f"resume_two_processes_{engine}")
+            accelerate_config = {"ddp": "cpu.yaml", "zero2": "cpu-deepspeed-zero2.yaml",
+                                 "zero3-init": None}[engine] or zero3_init_config(tmp)
+            cfg = write_config(tmp, RESUME_RUN)
+            proc = launch_pretrain(accelerate_config, cfg, tmp / "full")
+            runs[engine] = accelerate_config, cfg, tmp / "full", proc.stderr
+        return runs[engine]
+
+    return get

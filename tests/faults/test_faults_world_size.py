@@ -12,19 +12,26 @@ import pytest
 import torch
 
 from fault_utils import REPO, record, same_weights, tree_hashes
-from pretrain_utils import (RESUME_RUN, cut_at, fsdp2_worker, launch_pretrain, logged, losses, run_inprocess,
-                            write_config, zero3_init_config)
+from pretrain_utils import (RESUME_RUN, cut_at, fsdp2_worker, launch_pretrain, logged, losses, write_config,
+                            zero3_init_config)
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults_full]
 FINAL = "export/final/model.safetensors"
 INITIAL = "export/initial/model.safetensors"
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory, demo_paths):
-    tmp = tmp_path_factory.mktemp("world-one-process")
-    run_inprocess(write_config(tmp, RESUME_RUN), "--output_dir", str(tmp / "run"))
-    return tmp / "run"
+@pytest.fixture
+def one_process(resume_one_process):
+    return resume_one_process
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+def test_two_processes_train_as_one_and_resume_bitwise(engine, tmp_path, one_process, resume_two_processes):
+    """The make-test check of ZeRO-3 (tests/test_pretrain_distributed.py), for DDP and ZeRO-2."""
+    from test_pretrain_distributed import trains_as_one_and_resumes_bitwise
+
+    trains_as_one_and_resumes_bitwise(engine, tmp_path, one_process, resume_two_processes)
+    record("world_size", engine=engine, change="2->2", bitwise=True)
 
 
 def convert_to_universal(checkpoint) -> None:
