@@ -102,7 +102,18 @@ def config_file_of(argv: Sequence[str]) -> str | None:
 
 
 def check_args(method: ChatMethod, script_args, training_args, model_args) -> None:
-    """Mistakes that would otherwise surface after the model is loaded, or never."""
+    """Mistakes that would otherwise surface after the model is loaded, or never: the method's arguments first,
+    then the model's (quantization, precision, the start model), building the demo's assets when they are named."""
+    if method.preference:
+        n, length = script_args.max_prompt_length, training_args.max_length
+        if n is not None and length is not None and n >= length:
+            raise ValueError(f"max_prompt_length ({n}) must be below max_length ({length}), or no reply token is left")
+        if method.tokenization == "text" and n is None:
+            raise ValueError(f"method {method.name}: set max_prompt_length (below max_length): TRL's {method.title} "
+                             "would otherwise cut only the reply, to nothing when a prompt alone fills max_length")
+        if method.data == "unpaired" and training_args.per_device_train_batch_size < 2:
+            raise ValueError(f"method {method.name}: per_device_train_batch_size must be >= 2: KTO estimates its KL "
+                             "term from the other rows of each batch")
     check_quantization(model_args)
     check_precision(model_args, training_args)
     ensure_demo_assets(model_args.model_name_or_path, script_args.dataset_name, script_args.tokenizer_name_or_path)
@@ -114,16 +125,6 @@ def check_args(method: ChatMethod, script_args, training_args, model_args) -> No
                              "{% generation %}...{% endgeneration %} around the assistant replies (and their EOS)")
         if not training_args.assistant_only_loss:
             log.warning("assistant_only_loss is false: the loss includes system and user turns")
-        return
-    n, length = script_args.max_prompt_length, training_args.max_length
-    if n is not None and length is not None and n >= length:
-        raise ValueError(f"max_prompt_length ({n}) must be below max_length ({length}), or no reply token is left")
-    if method.tokenization == "text" and n is None:
-        raise ValueError(f"method {method.name}: set max_prompt_length (below max_length): TRL's {method.title} "
-                         "would otherwise cut only the reply, to nothing when a prompt alone fills max_length")
-    if method.data == "unpaired" and training_args.per_device_train_batch_size < 2:
-        raise ValueError(f"method {method.name}: per_device_train_batch_size must be >= 2: KTO estimates its KL "
-                         "term from the other rows of each batch")
 
 
 def _split(method: ChatMethod, script_args, training_args, split: str, max_samples: int | None):
