@@ -28,8 +28,8 @@ def heldout_preference(model, tokenizer, pairs, *, max_length: int | None = None
                        max_prompt_length: int | None = None, batch_size: int = 8, context=None) -> dict:
     """``{"heldout/logp_margin": mean over pairs of (mean token logp of chosen - of rejected), "heldout/pair_accuracy":
     share of pairs where that difference is positive}`` over ``pairs`` (rows with conversational ``prompt``,
-    ``chosen``, ``rejected``, as :func:`tinyllama.chat.prepare_preference_dataset` returns them). Prompts keep their last ``max_prompt_length``
-    tokens, then sequences are cut to ``max_length`` (as in training). Every process of a distributed run must call it
+    ``chosen``, ``rejected``, as :func:`tinyllama.chat.prepare_preference_dataset` returns them). Prompts keep their
+    last ``max_prompt_length`` tokens, then sequences are cut to ``max_length`` (as in training). Every process of a distributed run must call it
     (ZeRO-3 gathers the weights in each forward); each computes the same numbers. ``context``: a callable returning
     the autocast context training used (``Trainer.autocast_smart_context_manager``)."""
     import contextlib
