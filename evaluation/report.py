@@ -59,6 +59,7 @@ class ResultSet:
     metrics: dict = dataclasses.field(default_factory=dict)  # task -> the metric key shown
     labels: dict = dataclasses.field(default_factory=dict)  # task -> column header
     model: str | None = None  # the model folder (or Hub id) evaluated
+    chat_template: bool = False  # scored through the model's chat template (run_info.json; lm-eval's config)
     training: TrainingData | None = None  # its training data, when known (for the contamination marks)
 
 
@@ -117,6 +118,7 @@ def load_result_set(folder: Path) -> ResultSet:
         label, run, tokens, step, limit = info.get("label"), info.get("run"), info.get("tokens_seen"), \
             info.get("step"), info.get("limit")
         model = info.get("model")
+        chat_template = bool(info.get("chat_template"))
     else:  # a plain lm-eval output folder
         suite = _guess_suite(results) or "other"
         tasks = ([dataclasses.asdict(t) for t in load_suite(suite).tasks] if suite != "other"
@@ -127,10 +129,11 @@ def load_result_set(folder: Path) -> ResultSet:
         label, run, tokens, step = Path(model).name if Path(model).is_dir() else model, None, \
             meta["tokens_seen"], meta["step"]
         limit = (first.get("config") or {}).get("limit")
+        chat_template = bool(first.get("chat_template"))  # lm-eval records the template it applied, if any
     for f in folder.glob("results_*.json"):  # --limit may also have come as an extra lm-eval argument
         limit = limit or (json.loads(f.read_text(encoding="utf-8")).get("config") or {}).get("limit")
     rs = ResultSet(label=label or folder.parent.name, suite=suite, path=folder, run=run, tokens_seen=tokens,
-                   step=step, limit=limit, model=model)
+                   step=step, limit=limit, model=model, chat_template=chat_template)
     for t in tasks:
         rs.labels[t["task"]] = t.get("label") or t["task"]
         if t["task"] in results and (picked := pick_metric(results[t["task"]], t.get("metric"))):
@@ -230,11 +233,12 @@ def suite_table(suite: str, results: list[ResultSet], reference: dict) -> str:
               + ". Scores in %; avg over the columns shown.", ""]
     lines.append("| model | tokens | " + " | ".join(labels.get(t, t) for t in columns) + " | avg |")
     lines.append("|---|---|" + "---|" * len(columns) + "---|")
-    limited = False
+    limited = chatted = False
     for rs in rows:
         values = [rs.scores.get(t) for t in columns]
-        name = rs.label + ("†" if rs.limit else "")
+        name = rs.label + ("†" if rs.limit else "") + (" (chat)" if rs.chat_template else "")
         limited |= bool(rs.limit)
+        chatted |= rs.chat_template
         counts = contamination_counts(rs, columns)
         lines.append(f"| {name} | {fmt_tokens(rs.tokens_seen)} | "
                      + " | ".join(_cell(v) + (_mark(counts.get(t)) if v is not None else "")
@@ -256,6 +260,9 @@ def suite_table(suite: str, results: list[ResultSet], reference: dict) -> str:
             lines += ["", f"*Italic rows: TinyLlama's published scores ({ref['source']}).*"]
     if limited:
         lines += ["", "† evaluated on a subset (lm-eval --limit): not comparable with full-set scores."]
+    if chatted:
+        lines += ["", "(chat): prompts built with the model's chat template, few-shot examples as turns (lm-eval "
+                      "--apply_chat_template --fewshot_as_multiturn); the other rows on raw prompts."]
     notes = contamination_notes(rows, columns, labels)
     if notes:
         lines += ["", "Contamination (evaluation items in the training data):", ""] + [f"- {n}" for n in notes]

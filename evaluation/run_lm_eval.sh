@@ -7,7 +7,7 @@
 # Hub id. SUITE: a file in evaluation/suites/ (commonsense, instruct, math_code, chinese; default commonsense).
 # Results: $EVAL_OUT/<model-name>/<suite>/ (lm-eval's results_*.json, samples_*.jsonl, and run_info.json).
 # Settings come from the environment (EVAL_OUT, EVAL_BACKEND=hf|vllm, EVAL_BATCH_SIZE, EVAL_DTYPE, EVAL_TASKS,
-# EVAL_DATA_DIR, ALLOW_CODE_EXECUTION=1); `bash evaluation/run_lm_eval.sh --help` lists them. The work is done by
+# EVAL_DATA_DIR, ALLOW_CODE_EXECUTION=1, EVAL_CHAT_TEMPLATE=1|0); `bash evaluation/run_lm_eval.sh --help` lists them. The work is done by
 # tinyllama/evaluation/ (cli.py), which checks everything (suite, model, opt-ins) before anything is loaded.
 set -euo pipefail
 

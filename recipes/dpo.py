@@ -8,105 +8,27 @@ starting from the SFT model.
 The reference model is the starting model: a frozen copy for full DPO, the same weights with the adapter disabled
 for LoRA. A LoRA SFT adapter is refused as a start: merge it first (scripts/merge_lora.py), so the policy and the
 reference both start from the SFT weights. The chat template is the starting model's, saved there by the SFT
-recipe (``chat_template: tokenizer``, the default here), so DPO formats exactly as SFT did. Resume with ``--resume_from_checkpoint last``.
+recipe (``chat_template: tokenizer``, the default here), so DPO formats exactly as SFT did. ``max_prompt_length``
+(gone from TRL >= 1.0) keeps the last N prompt tokens (tinyllama/chat/trainers.py). Resume with
+``--resume_from_checkpoint last``.
+
+The flow is the one every chat method shares (tinyllama/chat/recipe.py); ``recipes/chat.py`` runs it for any method
+(ORPO, SimPO, KTO: docs/chat.md).
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from trl import DPOTrainer, get_peft_config, get_quantization_config
-
 from tinyllama import chat
-from tinyllama.chat.args import parse_dpo_args
-from tinyllama.utils import complete_cpu_launch, entry_point, setup_logging
-
-log = logging.getLogger("recipes.dpo")
+from tinyllama.utils import entry_point
 
 
-class ChatDPOTrainer(chat.ChatModelCardMixin, DPOTrainer):
-    """DPOTrainer with our model card, and ``max_prompt_length``.
-
-    TRL >= 1.0 has no ``max_prompt_length``; Zephyr's DPO used 512 (of max_length 1024). Written here: after TRL
-    tokenizes, prompts longer than that keep their last ``max_prompt_length`` tokens (the latest turns and the
-    generation prompt, which the reply must follow), as TRL's former default truncation did.
-    """
-
-    def __init__(self, *args, max_prompt_length: int | None = None, **kwargs):
-        self.max_prompt_length = max_prompt_length  # before super().__init__, which prepares the datasets
-        super().__init__(*args, **kwargs)
-
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        n = self.max_prompt_length
-        if n is not None:
-            dataset = dataset.map(lambda row: {"prompt_ids": row["prompt_ids"][-n:]},
-                                  desc=f"Truncating {dataset_name} prompts to {n} tokens")
-        return dataset
-
-
-def check_args(script_args, training_args, model_args) -> None:
-    chat.check_quantization(model_args)
-    chat.check_precision(model_args, training_args)
-    chat.ensure_demo_assets(model_args.model_name_or_path, script_args.dataset_name,
-                            script_args.tokenizer_name_or_path)
-    chat.check_model_source(model_args.model_name_or_path)
-    if (script_args.max_prompt_length is not None and training_args.max_length is not None
-            and script_args.max_prompt_length >= training_args.max_length):
-        raise ValueError(f"max_prompt_length ({script_args.max_prompt_length}) must be below max_length "
-                         f"({training_args.max_length}), or no reply token is left")
-
-
-def build_trainer(script_args, training_args, model_args, config_file: str | None = None) -> ChatDPOTrainer:
-    check_args(script_args, training_args, model_args)
-    tokenizer = chat.setup_tokenizer(
-        script_args.tokenizer_name_or_path or model_args.model_name_or_path,
-        chat_template=script_args.chat_template, revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-    )
-    name = script_args.dataset_name
-    train = chat.prepare_preference_dataset(
-        chat.load_split(name, script_args.dataset_config, script_args.dataset_train_split),
-        name, script_args.dataset_train_split, script_args.max_train_samples)
-    evaluation = None
-    if training_args.eval_strategy != "no":
-        evaluation = chat.prepare_preference_dataset(
-            chat.load_split(name, script_args.dataset_config, script_args.dataset_test_split),
-            name, script_args.dataset_test_split, script_args.max_eval_samples)
-    head = train.select(range(min(64, len(train))))
-    bad = chat.prefix_mismatches(tokenizer, (r["prompt"] + r["chosen"] for r in head))
-    if bad:
-        log.warning("%d of the first %d prompts tokenize differently at the assistant boundary in training and at "
-                    "inference (rows %s)", len(bad), min(64, len(train)), bad[:10])
-
-    training_args.model_init_kwargs = chat.model_init_kwargs(model_args, training_args)
-    trainer = ChatDPOTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        quantization_config=get_quantization_config(model_args),
-        max_prompt_length=script_args.max_prompt_length,
-    )
-    config = chat.config_to_card_dict(script_args, training_args, model_args)
-    trainer.card_info = dict(stage="DPO", base_model=model_args.model_name_or_path, datasets=[name], config=config,
-                             config_file=config_file, adapter=model_args.use_peft)
-    return trainer
+def build_trainer(script_args, training_args, model_args, config_file: str | None = None):
+    return chat.build_trainer("dpo", script_args, training_args, model_args, config_file)
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> dict:
-    complete_cpu_launch()  # before anything reads the distributed setup
-    argv = sys.argv[1:] if argv is None else list(argv)
-    chat.precheck_argv(argv)
-    script_args, training_args, model_args = parse_dpo_args(argv)
-    setup_logging(main_process=training_args.process_index == 0)
-    resume = chat.resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    trainer = build_trainer(script_args, training_args, model_args, chat.config_file_of(argv))
-    return chat.train_and_save(trainer, resume, script_args, training_args, model_args)
+    return chat.run_recipe(argv, "dpo")
 
 
 if __name__ == "__main__":

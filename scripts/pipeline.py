@@ -1,7 +1,8 @@
 """Run TinyLlama v1.1's chain end to end: basic -> continual (a variant) -> cooldown [-> SFT -> DPO] [-> evaluation].
 
     python scripts/pipeline.py                                   # the embedded demo (configs/pipeline/demo.yaml), CPU
-    python scripts/pipeline.py --variant chinese --with-chat     # another variant, plus the chat stages
+    python scripts/pipeline.py --variant chinese --with-chat     # another variant, plus the chat stages (SFT, DPO)
+    python scripts/pipeline.py --with-chat orpo                  # the chat stages with ORPO after SFT (or simpo, kto)
     python scripts/pipeline.py --pipeline configs/pipeline/tinyllama-v1.1.yaml --variant math_code
     python scripts/pipeline.py --dry-run                         # what would run, what would be skipped, and why
 
@@ -18,6 +19,7 @@ import argparse
 import shlex
 import sys
 
+from tinyllama.chat.methods import PREFERENCE_METHODS
 from tinyllama.pipeline import REPO, StageFailed, run_pipeline
 from tinyllama.utils import entry_point
 
@@ -31,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipeline", default=str(DEMO_PIPELINE), help="a pipeline file (default: the embedded demo)")
     p.add_argument("--variant", default=None, help="which variant (default: the pipeline's 'variant')")
     p.add_argument("--output-root", default=None, help="stage folders go here (default: outputs/<pipeline name>)")
-    p.add_argument("--with-chat", action="store_true", help="also run the chat stages (SFT, DPO)")
+    p.add_argument("--with-chat", nargs="?", const=True, default=False, metavar="METHOD",
+                   choices=[True, *PREFERENCE_METHODS],
+                   help="also run the chat stages: SFT, then the pipeline file's preference method (chat:, DPO in "
+                        f"the shipped files) or METHOD, one of {', '.join(PREFERENCE_METHODS)}")
     p.add_argument("--with-eval", action="store_true", help="also run the evaluation stage (lm-eval suite)")
     p.add_argument("--rerun", metavar="STAGE", default=None,
                    help="retrain STAGE and every later stage (their folders are deleted first)")

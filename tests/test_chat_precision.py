@@ -55,7 +55,7 @@ def test_full_fine_tune_at_the_real_learning_rate_moves_most_weights(assets, rec
     assert moved > 0.5, f"{recipe} at lr {lr}: only {moved:.2%} of the weights changed with fp32 master weights"
 
     # what the refusal prevents: the same run with bf16 weights updated directly (the check bypassed)
-    monkeypatch.setattr(chat, "check_precision", lambda *a: None)
+    monkeypatch.setattr("tinyllama.chat.recipe.check_precision", lambda *a: None)  # where the recipe flow calls it
     out = assets.tmp / f"{recipe}-bf16"
     script.main(common(assets.base, data, out, lr, "bfloat16") + extra)
     lost = changed_fraction(assets.base, out)
@@ -69,7 +69,7 @@ def test_bf16_weights_for_a_full_fine_tune_are_refused_before_loading(assets, re
     data = assets.sft if recipe == "sft" else assets.dpo
     args = common(assets.base, data, assets.tmp / "refused", 2e-5, "bfloat16")
     loaded = []
-    monkeypatch.setattr(chat, "check_model_source", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr("tinyllama.chat.recipe.check_model_source", lambda *a, **k: loaded.append(a))
     with pytest.raises(SystemExit) as stop:
         script.main(args)
     err = capsys.readouterr().err

@@ -1,7 +1,8 @@
-"""Arguments of the chat recipes: TRL's ``ScriptArguments`` + ``SFTConfig``/``DPOConfig`` + ``ModelConfig`` in one
+"""Arguments of the chat recipes: TRL's ``ScriptArguments`` + the method's trainer config (``SFTConfig``,
+``DPOConfig``, ``ORPOConfig``, ``CPOConfig``, ``KTOConfig``: ``tinyllama/chat/methods.py``) + ``ModelConfig`` in one
 YAML, parsed by :func:`tinyllama.config.parse_config` (HfArgumentParser underneath, like ``TrlParser``, with its
 ``env:`` mapping) so that every unknown key - e.g. a field TRL renamed or removed in an upgrade - fails the run
-before it starts, with a "did you mean" hint.
+before it starts, with a "did you mean" hint. The config's ``method:`` names the method.
 
 Not re-exported by :mod:`tinyllama.chat` because it imports TRL (seconds), which ``scripts/chat.py`` does not need:
 import it as ``tinyllama.chat.args``.
@@ -15,13 +16,17 @@ from typing import Sequence
 
 from trl import DPOConfig, ModelConfig, ScriptArguments, SFTConfig
 
-from ..config import parse_config
+from ..config import ConfigError, load_yaml, parse_config, split_cli
+from .methods import METHODS, ChatMethod, get_method
 
 
 @dataclass
 class ChatScriptArguments(ScriptArguments):
-    """Data and tokenizer arguments shared by the SFT and DPO recipes (on top of TRL's ``ScriptArguments``)."""
+    """Data and tokenizer arguments shared by the chat recipes (on top of TRL's ``ScriptArguments``)."""
 
+    method: str | None = field(
+        default=None, metadata={"help": f"The chat method: {', '.join(METHODS)} (tinyllama/chat/methods.py). "
+                                        "recipes/sft.py and recipes/dpo.py set their own; recipes/chat.py needs it."})
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer folder or Hub id; defaults to model_name_or_path."})
     chat_template: str = field(
@@ -57,6 +62,8 @@ class SFTScriptArguments(ChatScriptArguments):
 
 @dataclass
 class DPOScriptArguments(ChatScriptArguments):
+    """The preference methods' data arguments (DPO, ORPO, SimPO; KTO reads the same pairs as unpaired rows)."""
+
     dataset_name: str | None = field(
         default=None, metadata={"help": "Preference dataset in UltraFeedback-binarized's schema (chosen/rejected "
                                         "message lists): Hub id or local folder."})
@@ -69,7 +76,7 @@ class DPOScriptArguments(ChatScriptArguments):
     max_prompt_length: int | None = field(
         default=None,
         metadata={"help": "Keep at most the last N prompt tokens (Zephyr: 512). TRL >= 1.0 dropped this option; "
-                          "the recipe applies it after TRL's tokenization."})
+                          "the recipe applies it after TRL's tokenization (tinyllama/chat/trainers.py)."})
 
     def validate(self) -> list[str]:
         errors = super().validate()
@@ -88,19 +95,52 @@ class ChatSFTConfig(SFTConfig):
                           "chat template, as the zephyr one has). Default true here; TRL's default is false."})
 
 
+# the script arguments of each kind of data (methods.DATA_KINDS)
+SCRIPT_ARGUMENTS = {"chat": SFTScriptArguments, "pairs": DPOScriptArguments, "unpaired": DPOScriptArguments}
+
+
+def method_of(args: Sequence[str], recipe_method: str | None = None) -> ChatMethod:
+    """The method a command line asks for: the config's (or ``--method``'s) ``method:``; a recipe that runs one
+    method (``recipes/sft.py``, ``dpo.py``) passes its own, and a config written for another is refused."""
+    config, overrides, _ = split_cli(args)
+    named = overrides.get("method", load_yaml(config).get("method") if config and Path(config).is_file() else None)
+    if recipe_method is None:
+        if named is None:
+            raise ConfigError(config or "command line", [f"'method' is required: one of {', '.join(METHODS)} "
+                                                         "(e.g. method: orpo in the config, or --method orpo)"])
+        return get_method(named)
+    if named is not None and named != recipe_method:
+        other = get_method(named)
+        raise ConfigError(config or "command line", [
+            f"method: {named}, but {METHODS[recipe_method].script} runs {recipe_method}: run "
+            f"python {other.script} (or recipes/chat.py, which runs every method)"])
+    return get_method(recipe_method)
+
+
+def parse_chat_args(args: Sequence[str] | None = None, recipe_method: str | None = None) -> tuple:
+    """(script arguments, trainer config, ModelConfig) for the method the command line names (method_of)."""
+    import sys
+
+    args = list(sys.argv[1:] if args is None else args)
+    method = method_of(args, recipe_method)
+    script_args, training_args, model_args = parse_config(
+        [SCRIPT_ARGUMENTS[method.data], method.config_class(), ModelConfig], args)
+    script_args.method = method.name
+    wrong = [f"method {method.name} needs {key}: {value!r} (it is how {method.title} is defined), got "
+             f"{getattr(training_args, key)!r}" for key, value in method.fixed if getattr(training_args, key) != value]
+    if wrong:
+        raise ConfigError(split_cli(args)[0] or "command line", wrong)
+    return script_args, training_args, model_args
+
+
 def parse_sft_args(args: Sequence[str] | None = None) -> tuple[SFTScriptArguments, ChatSFTConfig, ModelConfig]:
-    return parse_config([SFTScriptArguments, ChatSFTConfig, ModelConfig], args)
+    return parse_chat_args(args, "sft")
 
 
 def parse_dpo_args(args: Sequence[str] | None = None) -> tuple[DPOScriptArguments, DPOConfig, ModelConfig]:
-    return parse_config([DPOScriptArguments, DPOConfig, ModelConfig], args)
+    return parse_chat_args(args, "dpo")
 
 
 def parse_chat_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple:
-    """Parse a configs/chat YAML with the parser of the recipe that reads it (sft-*.yaml or dpo-*.yaml)."""
-    name = Path(path).name
-    if name.startswith("sft"):
-        return parse_sft_args(["--config", str(path), *overrides])
-    if name.startswith("dpo"):
-        return parse_dpo_args(["--config", str(path), *overrides])
-    raise ValueError(f"{path}: chat configs are named sft-*.yaml or dpo-*.yaml")
+    """Parse a configs/chat YAML with the parser of the method it names (``method:``)."""
+    return parse_chat_args(["--config", str(path), *overrides])

@@ -9,20 +9,24 @@ from typing import Sequence
 
 from ..utils import atomic_write_text
 from .checks import is_hub_id
+from .methods import METHODS
 
 
 CARD_HYPERPARAMETERS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "max_length", "max_prompt_length", "packing",
-    "packing_strategy", "assistant_only_loss", "beta", "loss_type", "bf16", "gradient_checkpointing", "seed",
+    "packing_strategy", "assistant_only_loss", "beta", "loss_type", "cpo_alpha", "simpo_gamma", "desirable_weight",
+    "undesirable_weight", "bf16", "gradient_checkpointing", "seed",
     "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "load_in_4bit",
     "bnb_4bit_quant_type", "use_bnb_nested_quant", "dtype",
 )
 
 
-def model_card_text(*, stage: str, base_model: str, datasets: Sequence[str], config: dict, config_file: str | None,
+def model_card_text(*, method: str, base_model: str, datasets: Sequence[str], config: dict, config_file: str | None,
                     adapter: bool, world_size: int = 1, metrics: dict | None = None, notes: str = "") -> str:
-    """README.md for a chat model or adapter: YAML metadata for the Hub, then base, data, recipe, hyperparameters."""
+    """README.md for a chat model or adapter: YAML metadata for the Hub, then base, data, recipe, hyperparameters.
+    ``method``: a name of tinyllama/chat/methods.py (its title, recipe script and published recipe are named)."""
+    m = METHODS[method]
     import yaml
     from huggingface_hub import ModelCardData
 
@@ -33,7 +37,7 @@ def model_card_text(*, stage: str, base_model: str, datasets: Sequence[str], con
         library_name="peft" if adapter else "transformers",
         license="apache-2.0",
         pipeline_tag="text-generation",
-        tags=["tinyllama", "trl", stage.lower(), "chat", *(["lora"] if adapter else [])],
+        tags=["tinyllama", "trl", m.name, "chat", *(["lora"] if adapter else [])],
     )
     batch = config.get("per_device_train_batch_size", 1) * config.get("gradient_accumulation_steps", 1) * world_size
     skip = set()
@@ -51,13 +55,15 @@ def model_card_text(*, stage: str, base_model: str, datasets: Sequence[str], con
     lines = [
         "---", data.to_yaml(), "---", "",
         f"# {Path(str(config.get('output_dir', 'model'))).name}", "",
-        f"A TinyLlama chat {what} trained with {stage} ({'recipes/sft.py' if stage == 'SFT' else 'recipes/dpo.py'}, "
-        "TRL), following the recipe of TinyLlama-1.1B-Chat-v1.0 (the alignment-handbook's Zephyr recipe).", "",
+        f"A TinyLlama chat {what} trained with {m.title} ({m.script}, TRL), following {m.follows}.", "",
         f"- **Base model:** `{base_model}`",
         f"- **Data:** {', '.join(f'`{d}`' for d in datasets)}",
         f"- **Recipe:** {recipe}; the resolved configuration is in `config.yaml` beside this card.",
         "- **Chat template:** Zephyr (`<|system|>`, `<|user|>`, `<|assistant|>`, turns ended by `</s>`), saved with "
-        "the tokenizer; the loss was on assistant replies and their `</s>` only.",
+        "the tokenizer; " + ("the loss was on assistant replies and their `</s>` only." if not m.preference else
+                             f"{m.title} compared the chosen and rejected replies of each prompt"
+                             + (" (read as desirable and undesirable rows)" if m.data == "unpaired" else "")
+                             + f"; reference model: {m.reference}."),
     ]
     if adapter:
         lines.append("- **Use:** load with `peft.AutoPeftModelForCausalLM`, or merge into the base: "
@@ -69,6 +75,10 @@ def model_card_text(*, stage: str, base_model: str, datasets: Sequence[str], con
         lines += ["## Results", "", "| metric | value |", "|---|---|",
                   *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()],
                   ""]
+        if any(k.startswith("heldout/") for k in metrics):
+            lines += ["`heldout/*`: on the evaluation split's pairs, the mean log-probability per token of the chosen "
+                      "reply minus the rejected one's, and the share of pairs where the chosen reply is the likelier, "
+                      "the same measure for every method; `_start`: the model it started from.", ""]
     if notes:
         lines += [notes, ""]
     lines += ["## Chat", "", "```bash", "python scripts/chat.py <this folder or Hub id>", "```", ""]

@@ -1,6 +1,7 @@
 """Chat data sets: loading a split (Hub id, local folder or file) and checking every row before any model is loaded,
 with messages that name the dataset, split and row. Schemas: UltraChat (``messages``) for SFT and
-UltraFeedback-binarized (``chosen``/``rejected`` message lists) for DPO.
+UltraFeedback-binarized (``chosen``/``rejected`` message lists) for the preference methods; KTO reads the same pairs
+as unpaired rows (:func:`prepare_unpaired_dataset`).
 """
 
 from __future__ import annotations
@@ -115,3 +116,16 @@ def prepare_preference_dataset(dataset, name: str, split: str, max_samples: int 
         preference_to_conversational(row, f"dataset {name!r} split {split!r} row {i}")
     return dataset.map(lambda row, i: preference_to_conversational(row, f"row {i}"), with_indices=True,
                        remove_columns=columns, desc=f"Formatting {split}")
+
+
+def prepare_unpaired_dataset(dataset, name: str, split: str, max_samples: int | None = None, seed: int = 0):
+    """UltraFeedback-binarized pairs -> KTO's unpaired rows: each pair (checked as for DPO; ``max_samples`` counts
+    pairs) becomes ``(prompt, chosen, label True)`` and ``(prompt, rejected, label False)``, by TRL's
+    ``unpair_preference_dataset``; then the rows are shuffled with ``seed``. The shuffle matters: TRL's KTO reads the
+    training set in order (its KL term is estimated within each batch, from each prompt paired with another row's
+    reply), and unpairing leaves the desirable rows of each block of 1000 before the undesirable ones, so without it
+    batches would be all desirable or all undesirable."""
+    from trl.data_utils import unpair_preference_dataset
+
+    pairs = prepare_preference_dataset(dataset, name, split, max_samples)
+    return unpair_preference_dataset(pairs).shuffle(seed=seed).flatten_indices()

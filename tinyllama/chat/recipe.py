@@ -1,6 +1,7 @@
-"""What both chat recipes do around TRL's trainer: the ``from_pretrained`` arguments, resume, and the end of the
-run (train, then save the model with its tokenizer and chat template, ``config.yaml``, the model card and
-``summary.json``, and push).
+"""The chat recipe, the same for every method (``tinyllama/chat/methods.py``): check the arguments, set up the
+tokenizer, load and check the data, build the method's TRL trainer (:func:`build_trainer`), then train and save the
+model with its tokenizer and chat template, ``config.yaml``, the model card and ``summary.json``, and push
+(:func:`train_and_save`). :func:`run_recipe` is all of it; ``recipes/sft.py``, ``dpo.py`` and ``chat.py`` call it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from ..utils import atomic_write_text
-from .checks import is_adapter_dir
+from ..utils import atomic_write_text, complete_cpu_launch, setup_logging
+from .checks import (check_model_source, check_precision, check_quantization, is_adapter_dir, precheck_argv)
+from .datasets import load_split, prepare_preference_dataset, prepare_sft_dataset, prepare_unpaired_dataset
+from .demo import ensure_demo_assets
+from .methods import ChatMethod, get_method
+from .template import chat_template_from, has_generation_markers, prefix_mismatches, setup_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +101,149 @@ def config_file_of(argv: Sequence[str]) -> str | None:
     return split_cli(argv)[0]
 
 
+def check_args(method: ChatMethod, script_args, training_args, model_args) -> None:
+    """Mistakes that would otherwise surface after the model is loaded, or never: the method's arguments first,
+    then the model's (quantization, precision, the start model), building the demo's assets when they are named."""
+    if method.preference:
+        n, length = script_args.max_prompt_length, training_args.max_length
+        if n is not None and length is not None and n >= length:
+            raise ValueError(f"max_prompt_length ({n}) must be below max_length ({length}), or no reply token is left")
+        if method.tokenization == "text" and n is None:
+            raise ValueError(f"method {method.name}: set max_prompt_length (below max_length): TRL's {method.title} "
+                             "would otherwise cut only the reply, to nothing when a prompt alone fills max_length")
+        if method.data == "unpaired" and training_args.per_device_train_batch_size < 2:
+            raise ValueError(f"method {method.name}: per_device_train_batch_size must be >= 2: KTO estimates its KL "
+                             "term from the other rows of each batch")
+    check_quantization(model_args)
+    check_precision(model_args, training_args)
+    ensure_demo_assets(model_args.model_name_or_path, script_args.dataset_name, script_args.tokenizer_name_or_path)
+    check_model_source(model_args.model_name_or_path)
+    if not method.preference:
+        template = chat_template_from(script_args.chat_template)
+        if training_args.assistant_only_loss and template is not None and not has_generation_markers(template):
+            raise ValueError(f"chat_template {script_args.chat_template}: assistant_only_loss needs "
+                             "{% generation %}...{% endgeneration %} around the assistant replies (and their EOS)")
+        if not training_args.assistant_only_loss:
+            log.warning("assistant_only_loss is false: the loss includes system and user turns")
+
+
+def _split(method: ChatMethod, script_args, training_args, split: str, max_samples: int | None):
+    name = script_args.dataset_name
+    rows = load_split(name, script_args.dataset_config, split)
+    if method.data == "chat":
+        return prepare_sft_dataset(rows, name, split, max_samples)
+    if method.data == "unpaired":
+        return prepare_unpaired_dataset(rows, name, split, max_samples, seed=training_args.seed)
+    return prepare_preference_dataset(rows, name, split, max_samples)
+
+
+def build_trainer(method: ChatMethod | str, script_args, training_args, model_args, config_file: str | None = None):
+    """The method's TRL trainer (with our card, and max_prompt_length for the preference methods), its data loaded
+    and checked, the model loaded by TRL from ``model_init_kwargs``."""
+    from trl import get_peft_config, get_quantization_config
+
+    from .trainers import chat_trainer_class
+
+    method = get_method(method) if isinstance(method, str) else method
+    check_args(method, script_args, training_args, model_args)
+    tokenizer = setup_tokenizer(
+        script_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        chat_template=script_args.chat_template, revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    train = _split(method, script_args, training_args, script_args.dataset_train_split,
+                   script_args.max_train_samples)
+    evaluation = heldout = None
+    if training_args.eval_strategy != "no":
+        evaluation = _split(method, script_args, training_args, script_args.dataset_test_split,
+                            script_args.max_eval_samples)
+        if method.preference:  # the held-out pairs of tinyllama/chat/measure.py (KTO's rows are unpaired)
+            heldout = evaluation if method.data == "pairs" else _split(
+                get_method("dpo"), script_args, training_args, script_args.dataset_test_split,
+                script_args.max_eval_samples)
+    head = train.select(range(min(64, len(train))))
+    conversations = head["messages"] if method.data == "chat" else (
+        r["prompt"] + r.get("chosen", r.get("completion")) for r in head)
+    bad = prefix_mismatches(tokenizer, conversations)
+    if bad:
+        log.warning("%d of the first %d conversations tokenize differently at the assistant boundary in training "
+                    "and at inference (rows %s); the model is prompted with tokens it was not trained on there",
+                    len(bad), len(head), bad[:10])
+
+    init_kwargs = model_init_kwargs(model_args, training_args)
+    quantization = get_quantization_config(model_args)
+    kwargs = dict(model=model_args.model_name_or_path, args=training_args, train_dataset=train,
+                  eval_dataset=evaluation, processing_class=tokenizer, peft_config=get_peft_config(model_args))
+    if method.preference:
+        kwargs["max_prompt_length"] = script_args.max_prompt_length
+    if method.takes_quantization_config:
+        kwargs["quantization_config"] = quantization
+    else:
+        # TRL's experimental ORPO/CPO load the model themselves from model_init_kwargs only, with device_map "auto"
+        # unless one is given: None keeps each process's copy whole (accelerate places it)
+        init_kwargs = {"device_map": None, **init_kwargs,
+                       **({"quantization_config": quantization} if quantization is not None else {})}
+    training_args.model_init_kwargs = init_kwargs
+    trainer = chat_trainer_class(method)(**kwargs)
+    config = config_to_card_dict(script_args, training_args, model_args)
+    trainer.card_info = dict(method=method.name, base_model=model_args.model_name_or_path,
+                             datasets=[script_args.dataset_name], config=config, config_file=config_file,
+                             adapter=model_args.use_peft)
+    trainer.heldout_pairs = heldout
+    return trainer
+
+
+def heldout_metrics(trainer, suffix: str = "") -> dict:
+    """tinyllama/chat/measure.py on the trainer's held-out pairs (none: {})."""
+    if getattr(trainer, "heldout_pairs", None) is None:
+        return {}
+    from .measure import heldout_preference
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    numbers = heldout_preference(model, trainer.processing_class, trainer.heldout_pairs,
+                                 max_length=trainer.args.max_length,
+                                 max_prompt_length=getattr(trainer, "max_prompt_length", None),
+                                 batch_size=trainer.args.per_device_eval_batch_size,
+                                 context=trainer.autocast_smart_context_manager)
+    return {k + suffix: v for k, v in numbers.items()}
+
+
+def run_recipe(argv: Sequence[str] | None, recipe_method: str | None = None) -> dict:
+    """The whole recipe: parse (the method from the config, or the recipe's own), check, build, train, save."""
+    import sys
+
+    from .args import parse_chat_args
+
+    complete_cpu_launch()  # before anything reads the distributed setup
+    argv = sys.argv[1:] if argv is None else list(argv)
+    precheck_argv(argv)
+    script_args, training_args, model_args = parse_chat_args(argv, recipe_method)
+    setup_logging(main_process=training_args.process_index == 0)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    trainer = build_trainer(script_args.method, script_args, training_args, model_args, config_file_of(argv))
+    return train_and_save(trainer, resume, script_args, training_args, model_args)
+
+
 def train_and_save(trainer, resume, *arg_instances) -> dict:
     """Train (resuming if asked), then write to output_dir: the model or adapter with its tokenizer and chat
     template, ``config.yaml`` (the resolved configuration, no secrets) and README.md (the model card); push the
-    folder to the Hub when ``push_to_hub`` is set."""
+    folder to the Hub when ``push_to_hub`` is set. A preference method's held-out measure (measure.py) is taken
+    before and after training (``heldout/*_start``, ``heldout/*``; before only when not resuming, and not under
+    DeepSpeed or FSDP)."""
     output_dir = trainer.args.output_dir
     if trainer.is_world_process_zero():
         save_run_config(output_dir, *arg_instances)
+    before = {}
+    if resume is None and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        log.info("held-out measure of the start model skipped: under DeepSpeed/FSDP the weights are sharded or not "
+                 "yet on the GPU before training starts")
+    elif resume is None:  # the start model (a resumed run starts from a checkpoint)
+        before = heldout_metrics(trainer, "_start")
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = {"train_loss": result.training_loss, "train_steps": trainer.state.global_step}
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
+    metrics.update({**before, **heldout_metrics(trainer)})
     model = trainer.accelerator.unwrap_model(trainer.model)
     (model.get_base_model() if hasattr(model, "get_base_model") else model).config.use_cache = True  # for chat
     trainer.save_model(output_dir)

@@ -29,11 +29,23 @@ environment:
   EVAL_TASKS=a,b           run only these tasks (of the suite, or any lm-eval task)
   EVAL_DATA_DIR=DIR        offline: read each task's data from local files (see docs/evaluation.md)
   ALLOW_CODE_EXECUTION=1   required for suites that execute model-written code (HumanEval, MBPP)
+  EVAL_CHAT_TEMPLATE=1|0   score through the model's chat template, few-shot examples as turns (lm-eval
+                           --apply_chat_template --fewshot_as_multiturn) on any suite (1) or never (0); unset:
+                           when the suite asks (instruct) and the model has a template
 """
 
 
 def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _chat_template_setting() -> bool | None:
+    value = os.environ.get("EVAL_CHAT_TEMPLATE", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"EVAL_CHAT_TEMPLATE must be 1 or 0 (or unset: the suite decides), got {value!r}")
+    return _truthy("EVAL_CHAT_TEMPLATE")
 
 
 @entry_point
@@ -50,7 +62,8 @@ def _cli_run(argv: list[str]) -> int:
         run(model, suite, os.environ.get("EVAL_OUT") or None, backend=os.environ.get("EVAL_BACKEND", "hf"),
             batch_size=os.environ.get("EVAL_BATCH_SIZE") or None, dtype=os.environ.get("EVAL_DTYPE") or None,
             tasks=os.environ.get("EVAL_TASKS") or None, data_dir=os.environ.get("EVAL_DATA_DIR") or None,
-            allow_code_execution=_truthy("ALLOW_CODE_EXECUTION"), extra_args=rest)
+            allow_code_execution=_truthy("ALLOW_CODE_EXECUTION"), chat_template=_chat_template_setting(),
+            extra_args=rest)
     except LmEvalError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.returncode

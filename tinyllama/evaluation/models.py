@@ -118,3 +118,11 @@ def resolve_model(model: str | os.PathLike) -> ResolvedModel:
             raise FileNotFoundError(f"{model} looks like a Hub id, but HF_HUB_OFFLINE=1 and it is not in the local "
                                     f"Hugging Face cache: download it first, or pass a local model folder")
     return ResolvedModel(source=model, name=model.replace("/", "__"), local=False)
+
+
+def model_chat_template(source: str) -> str | None:
+    """The chat template the model's tokenizer carries (what lm-eval's --apply_chat_template uses), or None: a base
+    model has none. Reads the tokenizer only (a Hub id: from the cache or the Hub, as lm-eval would)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source).chat_template or None

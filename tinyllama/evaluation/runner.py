@@ -15,9 +15,9 @@ from typing import Sequence
 
 from ..utils import atomic_write_text, repo_root
 from .layout import BACKENDS, DEFAULT_SUITE, RUN_INFO_FILE, _DISTRIBUTED_ENV, _OWNED_ARGS
-from .models import ResolvedModel, resolve_model
+from .models import ResolvedModel, model_chat_template, resolve_model
 from .offline import write_offline_tasks
-from .suites import SuiteTask, lm_eval_task_index, load_suite, select_tasks
+from .suites import Suite, SuiteTask, lm_eval_task_index, load_suite, select_tasks
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,9 @@ class LmEvalError(RuntimeError):
 def lm_eval_commands(model: ResolvedModel, tasks: Sequence[SuiteTask], result_dir: Path, *, backend: str = "hf",
                      batch_size: str | int | None = None, dtype: str | None = None, limit: float | None = None,
                      include_path: Path | None = None, allow_code_execution: bool = False,
-                     extra_args: Sequence[str] = ()) -> list[list[str]]:
-    """One ``python -m lm_eval run ...`` per shot count (lm-eval's --num_fewshot is per call), in suite order."""
+                     chat_template: bool = False, extra_args: Sequence[str] = ()) -> list[list[str]]:
+    """One ``python -m lm_eval run ...`` per shot count (lm-eval's --num_fewshot is per call), in suite order;
+    ``chat_template``: prompts through the model's chat template, few-shot examples as turns."""
     by_shots: dict[int, list[str]] = {}
     for t in tasks:
         by_shots.setdefault(t.num_fewshot, []).append(t.task)
@@ -70,16 +71,36 @@ def lm_eval_commands(model: ResolvedModel, tasks: Sequence[SuiteTask], result_di
             cmd += ["--include_path", str(include_path)]
         if allow_code_execution and any(t.unsafe_code for t in tasks if t.task in names):
             cmd += ["--confirm_run_unsafe_code"]
+        if chat_template:
+            cmd += ["--apply_chat_template", "--fewshot_as_multiturn"]
         cmds.append(cmd + list(extra_args))
     return cmds
+
+
+def _prompt_format(suite: Suite, model: ResolvedModel, asked: bool | None) -> tuple[bool, str]:
+    """(apply the chat template?, how the prompts were built, in words for run_info.json and the report)."""
+    if asked is False or (asked is None and not suite.chat_template):
+        return False, "raw prompts"
+    if model_chat_template(model.source) is None:
+        if asked:
+            raise ValueError(f"chat template asked for (EVAL_CHAT_TEMPLATE=1), but {model.source} has none (a base "
+                             "model): leave it unset, or evaluate a chat model")
+        return False, f"raw prompts (suite {suite.name} asks for the chat template; the model has none)"
+    return True, "the model's chat template (lm-eval --apply_chat_template), few-shot examples as turns"
 
 
 def run(model: str | os.PathLike, suite: str | os.PathLike = DEFAULT_SUITE, out: str | os.PathLike | None = None, *,
         backend: str = "hf", batch_size: str | int | None = None, dtype: str | None = None,
         limit: float | None = None, tasks: Sequence[str] | str | None = None,
         data_dir: str | os.PathLike | None = None, allow_code_execution: bool = False,
-        extra_args: Sequence[str] = (), env: dict | None = None) -> Path:
+        chat_template: bool | None = None, extra_args: Sequence[str] = (), env: dict | None = None) -> Path:
     """Run a suite on a model with lm-eval; returns the result folder ``<out>/<model-name>/<suite>/``.
+
+    ``chat_template``: None lets the suite decide (``chat_template: true`` in its YAML: the ``instruct`` suite);
+    True asks for it on any suite (a model without a chat template is then an error); False never. When asked, a
+    model that has a chat template is scored through it (lm-eval ``--apply_chat_template``, few-shot examples as
+    turns: ``--fewshot_as_multiturn``); a base model without one, on raw prompts. ``run_info.json`` says which
+    (``prompts``), and the report marks chat-template rows.
 
     Every user mistake (suite, model, backend, code-execution opt-in, offline data) is reported before
     anything is loaded. ``out`` defaults to ``outputs/<run>/eval`` for a run's export, else ``outputs/eval``.
@@ -104,6 +125,7 @@ def run(model: str | os.PathLike, suite: str | os.PathLike = DEFAULT_SUITE, out:
             f"and opt in with ALLOW_CODE_EXECUTION=1 (run_suite(..., allow_code_execution=True)), or leave "
             f"those tasks out with EVAL_TASKS")
     resolved = resolve_model(model)
+    use_template, prompts = _prompt_format(suite_obj, resolved, chat_template)
     index = lm_eval_task_index()  # (a few seconds, but before the model loads or anything is written)
     unknown = [t.task for t in selected if t.task not in index]
     if unknown:
@@ -116,7 +138,7 @@ def run(model: str | os.PathLike, suite: str | os.PathLike = DEFAULT_SUITE, out:
     result_dir.mkdir(parents=True, exist_ok=True)
     cmds = lm_eval_commands(resolved, selected, result_dir, backend=backend, batch_size=batch_size, dtype=dtype,
                             limit=limit, include_path=include_path, allow_code_execution=allow_code_execution,
-                            extra_args=extra_args)
+                            chat_template=use_template, extra_args=extra_args)
     from importlib.metadata import version
 
     info = {
@@ -125,7 +147,8 @@ def run(model: str | os.PathLike, suite: str | os.PathLike = DEFAULT_SUITE, out:
         "tokens_seen": resolved.tokens_seen, "step": resolved.step,
         "suite": suite_obj.name, "suite_file": str(suite_obj.path),
         "tasks": [dataclasses.asdict(t) for t in selected],
-        "backend": backend, "limit": limit, "offline_data": str(Path(data_dir).resolve()) if data_dir else None,
+        "backend": backend, "limit": limit, "chat_template": use_template, "prompts": prompts,
+        "offline_data": str(Path(data_dir).resolve()) if data_dir else None,
         "extra_args": extra_args, "lm_eval_version": version("lm_eval"),
         "started": datetime.datetime.now().isoformat(timespec="seconds"), "finished": None,
         "commands": [" ".join(c[1:]) for c in cmds],

@@ -30,6 +30,7 @@ class Suite:
     description: str
     tasks: list[SuiteTask]
     path: Path | None = None
+    chat_template: bool = False  # score a chat model with its chat template (few-shot examples as turns)
 
     @property
     def task_names(self) -> list[str]:
@@ -66,9 +67,11 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
     errors = []
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a suite must be a YAML mapping")
-    unknown = set(data) - {"description", "num_fewshot", "tasks"}
+    unknown = set(data) - {"description", "num_fewshot", "tasks", "chat_template"}
     if unknown:
-        errors.append(f"unknown keys {sorted(unknown)} (allowed: description, num_fewshot, tasks)")
+        errors.append(f"unknown keys {sorted(unknown)} (allowed: description, num_fewshot, tasks, chat_template)")
+    if not isinstance(data.get("chat_template", False), bool):
+        errors.append(f"chat_template must be true or false, got {data['chat_template']!r}")
     default_shots = data.get("num_fewshot", 0)
     if not isinstance(default_shots, int) or default_shots < 0:
         errors.append(f"num_fewshot must be an integer >= 0, got {default_shots!r}")
@@ -98,7 +101,8 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
         errors.append(f"tasks listed twice: {dup}")
     if errors:
         raise ValueError(f"invalid suite {path}:\n" + "\n".join(f"  - {e}" for e in errors))
-    return Suite(name=path.stem, description=str(data.get("description", "")), tasks=tasks, path=path)
+    return Suite(name=path.stem, description=str(data.get("description", "")), tasks=tasks, path=path,
+                 chat_template=data.get("chat_template", False) is True)
 
 
 def select_tasks(suite: Suite, tasks_override: Sequence[str] | str | None) -> list[SuiteTask]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ..chat.methods import METHODS, PREFERENCE_METHODS
 from ..config import load_yaml
 from ..training.args import CONTINUE
 from .spec import Pipeline, REPO, StageSpec, _repo_path, _selected
@@ -32,7 +33,7 @@ class Planned:
         """What a later stage reads."""
         if self.spec.recipe == "pretrain":
             return self.run_dir / "export" / "final"
-        return self.run_dir if self.spec.recipe in ("sft", "dpo") else None
+        return self.run_dir if self.spec.recipe in METHODS else None
 
     @property
     def will_run(self) -> bool:
@@ -53,17 +54,21 @@ def _argv(mapping: dict) -> list[str]:
 
 
 def plan(pipeline: Pipeline, variant: str | None = None, root: str | os.PathLike | None = None,
-         with_chat: bool = False, with_eval: bool = False) -> list[Planned]:
-    """The stages to run for ``variant``, with their folders, arguments and resolved configs (nothing is run)."""
+         with_chat: bool | str = False, with_eval: bool = False) -> list[Planned]:
+    """The stages to run for ``variant``, with their folders, arguments and resolved configs (nothing is run).
+    ``with_chat``: True runs the optional chat stages with the file's ``chat`` method, a method name with that one."""
     from ..config import config_to_dict, parse_config
     from ..training.args import PretrainArgs
 
     variant = variant or pipeline.variant
     if variant not in pipeline.variants:
         raise ValueError(f"variant {variant!r}: {pipeline.path} has {', '.join(pipeline.variants)}")
+    chat = with_chat if isinstance(with_chat, str) else pipeline.chat
+    if chat not in PREFERENCE_METHODS:
+        raise ValueError(f"--with-chat {chat}: choose one of {', '.join(PREFERENCE_METHODS)}")
     root = Path(root).resolve() if root else REPO / "outputs" / pipeline.name
     planned: list[Planned] = []
-    for spec in _selected(pipeline, variant, with_chat, with_eval):
+    for spec in _selected(pipeline, variant, with_chat, with_eval, chat):
         name = spec.name.replace("{variant}", variant)
         run_dir = root / name
         config = _repo_path(spec.config.replace("{variant}", variant)) if spec.config else None
@@ -82,7 +87,7 @@ def plan(pipeline: Pipeline, variant: str | None = None, root: str | os.PathLike
             argv = ["--config", str(config), *_argv(overrides)]
             (args,) = parse_config(PretrainArgs, argv)
             resolved = _normalise(config_to_dict(args))
-        elif spec.recipe in ("sft", "dpo"):
+        elif spec.recipe in METHODS:
             overrides.update({"model_name_or_path": init_from, "output_dir": str(run_dir)})
             argv = ["--config", str(config), *_argv(overrides)]
             resolved = _normalise({**load_yaml(config), **overrides})

@@ -7,6 +7,7 @@ import datetime
 import json
 from pathlib import Path
 
+from ..chat.methods import METHODS
 from ..utils import atomic_write_text
 from .plan import Planned
 from .plot import plot_chain
@@ -22,10 +23,12 @@ def summary_rows(stages: list[Planned], ran: dict[str, str]) -> list[dict]:
         row = {"stage": s.name, "recipe": s.spec.recipe, "status": ran.get(s.name) or _status_text(s),
                "note": s.reason if s.state == "unavailable" else None, "steps": None, "tokens": None, "cumulative_tokens": None, "final_loss": None, "result": None,
                "seconds": marker.get("seconds"), "output": str(s.run_dir)}
-        if s.spec.recipe in ("pretrain", "sft", "dpo"):  # each recipe writes summary.json at the end
+        if s.spec.recipe == "pretrain" or s.spec.recipe in METHODS:  # each recipe writes summary.json at the end
             summary = _read_json(s.run_dir / "summary.json")
             if summary:
                 row.update(steps=summary.get("step"), final_loss=summary.get("final_loss"))
+            if summary and s.spec.recipe in METHODS:
+                row["result"] = _heldout_result(summary.get("metrics") or {})
             if summary and s.spec.recipe == "pretrain":
                 row["tokens"] = summary.get("tokens")
                 cumulative += summary.get("tokens") or 0
@@ -34,6 +37,17 @@ def summary_rows(stages: list[Planned], ran: dict[str, str]) -> list[dict]:
             row["result"] = _eval_result(s)
         rows.append(row)
     return rows
+
+
+def _heldout_result(metrics: dict) -> str | None:
+    """A preference method's held-out measure (tinyllama/chat/measure.py), start -> end."""
+    acc, margin = metrics.get("heldout/pair_accuracy"), metrics.get("heldout/logp_margin")
+    if acc is None or margin is None:
+        return None
+    start = metrics.get("heldout/pair_accuracy_start"), metrics.get("heldout/logp_margin_start")
+    was = f"{start[0]:.0%} -> " if start[0] is not None else ""
+    moved = f" ({margin - start[1]:+.3f})" if start[1] is not None else ""
+    return f"held-out pairs {was}{acc:.0%}, margin/token {margin:.3f}{moved}"
 
 
 def _status_text(s: Planned) -> str:
@@ -83,7 +97,8 @@ COLUMNS = ["stage", "status", "steps", "tokens", "cumulative", "final loss", "ti
 
 
 def table_cells(row: dict) -> list[str]:
-    loss = row["result"] or (f"{row['final_loss']:.4f}" if isinstance(row["final_loss"], float) else "-")
+    loss = f"{row['final_loss']:.4f}" if isinstance(row["final_loss"], float) else "-"
+    loss = f"{row['result']}" + (f"; loss {loss}" if loss != "-" else "") if row["result"] else loss
     return [row["stage"], row["status"], "-" if row["steps"] is None else str(row["steps"]),
             _fmt_tokens(row["tokens"]), _fmt_tokens(row["cumulative_tokens"]), loss, _fmt_seconds(row["seconds"]),
             _short(row["output"])]

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..chat.methods import METHODS
 from ..utils import atomic_write_text
 from .plan import Planned, plan
 from .report import _fmt_seconds, format_table, summary_rows, write_summary
@@ -30,7 +31,7 @@ def command(pipeline: Pipeline, s: Planned, launcher: list[str] | None = None) -
     if s.spec.recipe == "eval":
         return [sys.executable, "-m", "tinyllama.evaluation", "run", *s.argv]
     argv = list(s.argv)
-    if s.spec.recipe in ("sft", "dpo") and s.state == "partial" and any(s.run_dir.glob("checkpoint-*")):
+    if s.spec.recipe in METHODS and s.state == "partial" and any(s.run_dir.glob("checkpoint-*")):
         argv += ["--resume_from_checkpoint", "last"]
     return [*launcher_for(pipeline, s, launcher), str(REPO / RECIPES[s.spec.recipe]), *argv]
 
@@ -102,16 +103,17 @@ def describe(stages: list[Planned]) -> str:
 
 
 def run_pipeline(pipeline_path: str | os.PathLike, variant: str | None = None,
-                 root: str | os.PathLike | None = None, with_chat: bool = False, with_eval: bool = False,
+                 root: str | os.PathLike | None = None, with_chat: bool | str = False, with_eval: bool = False,
                  rerun: str | None = None, dry_run: bool = False, launcher: list[str] | None = None) -> dict:
-    """Plan, check, run what is not done, and write the summary; returns the summary document."""
+    """Plan, check, run what is not done, and write the summary; returns the summary document. ``with_chat``: True
+    or a chat method's name (the preference method of the "{chat}" stages)."""
     pipeline = load_pipeline(pipeline_path)
     variant = variant or pipeline.variant
     stages = assess(plan(pipeline, variant, root, with_chat, with_eval), rerun)
     root = Path(root).resolve() if root else REPO / "outputs" / pipeline.name
     print(f"pipeline {pipeline.name} ({pipeline.path}), variant {variant} -> {root}\n{describe(stages)}", flush=True)
     for flag_name, flag in OPTIONAL_FLAGS.items():
-        enabled = with_chat if flag_name == "chat" else with_eval
+        enabled = bool(with_chat) if flag_name == "chat" else with_eval
         if not enabled and any(s.optional == flag_name and (s.variants is None or variant in s.variants)
                                for s in pipeline.stages):
             print(f"  ({flag_name} stages are left out: add {flag})")

@@ -9,12 +9,15 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ..chat.methods import METHODS, PREFERENCE_METHODS
 from ..config import ConfigError, check_mapping, load_yaml
 from ..training.args import OPERATIONAL_KEYS as PRETRAIN_OPERATIONAL_KEYS
 from ..utils import repo_root
 
 REPO = repo_root()
-RECIPES = {"pretrain": "recipes/pretrain.py", "sft": "recipes/sft.py", "dpo": "recipes/dpo.py", "eval": None}
+# each recipe's script; the chat methods' from their registry (tinyllama/chat/methods.py)
+RECIPES = {"pretrain": "recipes/pretrain.py", **{name: m.script for name, m in METHODS.items()}, "eval": None}
+CHAT = "{chat}"  # in a stage's name, recipe, config and init_from: the chat method (--with-chat METHOD)
 OPTIONAL_FLAGS = {"chat": "--with-chat", "eval": "--with-eval"}
 MARKER = "pipeline_stage.json"
 # Keys of a pretraining config that do not change the weights a stage produces (marked ``operational`` in
@@ -27,7 +30,7 @@ class StageSpec:
     """One entry of ``stages:`` in a pipeline file (docs/stages.md)."""
 
     name: str  # the stage's run name; "{variant}" is replaced by the variant
-    recipe: str = "pretrain"  # pretrain, sft, dpo or eval
+    recipe: str = "pretrain"  # pretrain, a chat method (sft, dpo, orpo, simpo, kto; "{chat}": the chosen one) or eval
     config: Optional[str] = None  # the recipe's YAML ("{variant}" replaced)
     init_from: Optional[str] = None  # an earlier stage's name, or "previous"
     overrides: dict = dataclasses.field(default_factory=dict)  # extra --key value for the recipe
@@ -47,6 +50,7 @@ class PipelineFile:
     variants: list[str] = dataclasses.field(default_factory=list)
     variant: Optional[str] = None  # default: the first variant
     launcher: list[str] = dataclasses.field(default_factory=lambda: ["python"])
+    chat: str = "dpo"  # the preference method of "{chat}" stages; --with-chat METHOD picks another
 
 
 # the keys a pipeline file and a stage may hold: their dataclasses' fields (one source)
@@ -62,6 +66,7 @@ class Pipeline:
     launcher: list[str]
     stages: list[StageSpec]
     path: Path
+    chat: str = "dpo"
 
 
 def _repo_path(p: str | os.PathLike) -> Path:
@@ -101,8 +106,8 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
             errors.append(f"{where}: 'name' is required")
             continue
         spec = StageSpec(**fields)
-        if spec.recipe not in RECIPES:
-            errors.append(f"{where}: 'recipe' must be one of {', '.join(RECIPES)}, got {spec.recipe!r}")
+        if spec.recipe not in RECIPES and spec.recipe != CHAT:
+            errors.append(f"{where}: 'recipe' must be one of {', '.join(RECIPES)} or {CHAT}, got {spec.recipe!r}")
         if spec.recipe == "eval":
             if not spec.suite:
                 errors.append(f"{where}: an eval stage needs 'suite' (e.g. commonsense)")
@@ -113,19 +118,27 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         if spec.variants is not None and set(spec.variants) - set(variants):
             errors.append(f"{where}: 'variants' must list some of {variants}, got {spec.variants!r}")
         stages.append(spec)
-    pipeline = Pipeline(str(top.get("name") or path.stem), variant, variants, launcher, stages, path)
+    chat = top.get("chat", "dpo")
+    if chat not in PREFERENCE_METHODS:
+        errors.append(f"'chat' must be one of {', '.join(PREFERENCE_METHODS)}, got {chat!r}")
+    pipeline = Pipeline(str(top.get("name") or path.stem), variant, variants, launcher, stages, path, chat)
     if launcher and all(isinstance(s.name, str) and s.name for s in stages):
-        for v in variants:  # every variant's plan must hold together: names, references, config files
-            errors += [f"variant {v}: {e}" for e in _check_plan(pipeline, v)]
+        # every variant's plan must hold together (names, references, config files), with every chat method
+        methods = PREFERENCE_METHODS if any(CHAT in str(dataclasses.astuple(s)) for s in stages) else [chat]
+        for v in variants:
+            for m in methods:
+                errors += [f"variant {v}" + (f", --with-chat {m}" if len(methods) > 1 else "") + f": {e}"
+                           for e in _check_plan(pipeline, v, m)]
     if errors:
         raise ConfigError(str(path), errors)
     return pipeline
 
 
-def _check_plan(pipeline: Pipeline, variant: str) -> list[str]:
+def _check_plan(pipeline: Pipeline, variant: str, chat: str) -> list[str]:
     errors, seen = [], []
-    all_names = {s.name.replace("{variant}", v) for s in pipeline.stages for v in pipeline.variants}
-    for spec in _selected(pipeline, variant, with_chat=True, with_eval=True):
+    all_names = {with_chat_method(s, chat).name.replace("{variant}", v) for s in pipeline.stages
+                 for v in pipeline.variants}
+    for spec in _selected(pipeline, variant, with_chat=True, with_eval=True, chat=chat):
         name = spec.name.replace("{variant}", variant)
         if name in seen:
             errors.append(f"stage name '{name}' appears twice")
@@ -136,19 +149,29 @@ def _check_plan(pipeline: Pipeline, variant: str) -> list[str]:
             errors.append(f"{name}: init_from 'previous', but it is the first stage")
         elif ref in all_names and ref not in seen:
             errors.append(f"{name}: init_from '{ref}' is not an earlier stage of this variant")
-        elif ref and ref in seen and _stage_by_name(pipeline, variant, ref).recipe == "eval":
+        elif ref and ref in seen and _stage_by_name(pipeline, variant, ref, chat).recipe == "eval":
             errors.append(f"{name}: init_from '{ref}' is an evaluation, which has no model to start from")
-        if spec.recipe in ("sft", "dpo", "eval") and not ref:
+        if (spec.recipe in METHODS or spec.recipe == "eval") and not ref:
             errors.append(f"{name}: a {spec.recipe} stage needs init_from (the model it reads)")
         seen.append(name)
     return errors
 
 
-def _selected(pipeline: Pipeline, variant: str, with_chat: bool, with_eval: bool) -> list[StageSpec]:
-    flags = {"chat": with_chat, "eval": with_eval}
-    return [s for s in pipeline.stages
+def with_chat_method(spec: StageSpec, chat: str) -> StageSpec:
+    """The stage with "{chat}" replaced by the chat method in its name, recipe, config and init_from."""
+    fields = {k: getattr(spec, k).replace(CHAT, chat) for k in ("name", "recipe", "config", "init_from")
+              if isinstance(getattr(spec, k), str)}
+    return dataclasses.replace(spec, **fields)
+
+
+def _selected(pipeline: Pipeline, variant: str, with_chat: bool, with_eval: bool,
+              chat: str | None = None) -> list[StageSpec]:
+    """The stages of a variant (optional ones when asked), "{chat}" replaced by ``chat`` (default: the file's)."""
+    flags = {"chat": bool(with_chat), "eval": with_eval}
+    return [with_chat_method(s, chat or pipeline.chat) for s in pipeline.stages
             if (s.variants is None or variant in s.variants) and (s.optional is None or flags[s.optional])]
 
 
-def _stage_by_name(pipeline: Pipeline, variant: str, name: str) -> StageSpec:
-    return next(s for s in pipeline.stages if s.name.replace("{variant}", variant) == name)
+def _stage_by_name(pipeline: Pipeline, variant: str, name: str, chat: str | None = None) -> StageSpec:
+    return next(s for s in _selected(pipeline, variant, True, True, chat)
+                if s.name.replace("{variant}", variant) == name)
