@@ -611,7 +611,7 @@ def convert(direction: str, source: str | os.PathLike, out: str | os.PathLike, *
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if model_config is not None and direction != "lit_gpt-to-hf":
-        raise ValueError(f"--config is for lit_gpt-to-hf only (the other formats carry their architecture)")
+        raise ValueError("--config is for lit_gpt-to-hf only (the other formats carry their architecture)")
     if context is not None and direction != "meta-to-hf":
         raise ValueError("--context is for meta-to-hf only (the other formats carry their context length)")
     if tokenizer is not None and direction == "hf-to-litgpt":
