@@ -2,6 +2,7 @@
 #   make demo   venv, install, then the embedded demo pipeline (CPU, no network; scripts/pipeline.py)
 #   make test   venv, install, then the test suite (CPU, no network; two worker processes)
 #   make test-gguf   llama-cpp-python built from source (cached outside the repo), then the llama.cpp checks
+#   make test-interop   litgpt in a side environment (cached outside the repo), then the checkpoint-conversion checks
 # make test-fast: the inner loop, without the tests marked slow (end-to-end runs, launched processes)
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo test test-fast test-gguf test-gpu faults clean
+.PHONY: install demo test test-fast test-gguf test-interop test-gpu faults clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +30,10 @@ demo: install
 # gives each worker, and what it launches, one torch thread);
 # --dist loadfile keeps a file's tests, and their module fixtures, on one worker.
 test: install
-	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=15 -m "not llama_cpp"
+	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=15 -m "not llama_cpp and not litgpt"
 
 test-fast: install
-	$(PY) -m pytest -q -x -n 2 --dist loadfile -m "not slow and not faults_full and not llama_cpp" --durations=10
+	$(PY) -m pytest -q -x -n 2 --dist loadfile -m "not slow and not faults_full and not llama_cpp and not litgpt" --durations=10
 
 # GGUF exports checked by llama.cpp itself (docs/use.md): builds llama-cpp-python once per version and CMAKE_ARGS
 # (scripts/llama_cpp.sh; ~10 min on 2 cores, then cached in ~/.cache/tinyllama-wheels), installs it into the venv,
@@ -40,6 +41,15 @@ test-fast: install
 test-gguf: install
 	PY=$(PY) bash scripts/llama_cpp.sh
 	TINYLLAMA_REQUIRE_LLAMA_CPP=1 $(PY) -m pytest -q -x --durations=10 -m llama_cpp
+
+# Checkpoint conversion checked by litgpt's own model and converters (tests/test_interop_litgpt.py, docs/use.md):
+# litgpt 0.5.13 in a side virtual environment outside the repository (scripts/litgpt_env.sh: requirements-litgpt.txt,
+# built once, cached in ~/.cache/tinyllama-litgpt), then the tests marked litgpt; here a missing side environment
+# fails them instead of skipping.
+test-interop: install
+	PYTHON=$(PYTHON) bash scripts/litgpt_env.sh >/dev/null
+	TINYLLAMA_LITGPT_PYTHON=$$(PYTHON=$(PYTHON) bash scripts/litgpt_env.sh 2>/dev/null) TINYLLAMA_REQUIRE_LITGPT=1 \
+	  $(PY) -m pytest -q -x --durations=10 -m litgpt
 
 # the whole fault-injection suite (kills, preemption, disk full, Hub outages, bad inputs; docs/reliability.md)
 faults: install

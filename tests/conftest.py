@@ -37,6 +37,13 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("llama_cpp"):
                 item.add_marker(no_llama)
+    # litgpt checks: `make test-interop` builds litgpt's side environment and sets TINYLLAMA_LITGPT_PYTHON (and
+    # TINYLLAMA_REQUIRE_LITGPT=1); elsewhere they are skipped with the reason.
+    if not os.environ.get("TINYLLAMA_REQUIRE_LITGPT") and not os.environ.get("TINYLLAMA_LITGPT_PYTHON"):
+        no_litgpt = pytest.mark.skip(reason="needs litgpt's side environment: run `make test-interop`")
+        for item in items:
+            if item.get_closest_marker("litgpt"):
+                item.add_marker(no_litgpt)
     if torch.cuda.is_available() or os.environ.get("TINYLLAMA_GPU_TIER_ON_CPU") == "1":  # (tests/gpu/conftest.py)
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -79,6 +79,8 @@ def test_gpu_benchmark_command_runs_every_part_at_toy_size(toy_gpu_run):
     inference = (tmp_path / "inference.md").read_text()
     assert "| 1 | static |" in inference and "| 2 | static + compile |" in inference
     assert "| assisted: draft tiny |" in (tmp_path / "draft.md").read_text()
+    batched = (tmp_path / "batched.md").read_text()  # the batched-decoding row beside the article's figure
+    assert "7,094.5 tokens/s" in batched and "| 3 | dynamic |" in batched and "| 3 | static |" in batched
 
 
 def test_data_benchmark_prints_every_way_each_in_its_own_process(demo_paths):
@@ -95,3 +97,49 @@ def test_data_benchmark_prints_every_way_each_in_its_own_process(demo_paths):
     bytes_per_token = float(pipeline.strip(" |").split(" | ")[-1])  # from the shards a real prepare_data run wrote
     assert 2.0 <= bytes_per_token < 2.3  # uint16 tokens, plus the document index and manifest of a small corpus
     assert "loader: MixtureDataset[i]" in proc.stdout
+
+
+def cpu_benchmark(tmp_path, *args):
+    """scripts/benchmark_cpu_inference.py's main() in this process, on the tiny model at toy lengths."""
+    return load_script("scripts/benchmark_cpu_inference.py").main(
+        ["--model", "tiny", "--prompt-len", "8", "--new-tokens", "4", "--repeats", "1", "--bandwidth-gib", "0.05",
+         "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "table.md"), *args])
+
+
+def test_cpu_inference_benchmark_rows_against_the_bandwidth_limit(tmp_path, demo_paths):
+    """Each row's limit is the measured bandwidth over the bytes of weights a token reads: every parameter but the
+    input embedding, at the row's element size."""
+    from tinyllama.model import count_parameters, load_model_config
+
+    rows = cpu_benchmark(tmp_path, "--types", "", "--dtypes", "fp32,bf16", "--caches", "dynamic,static")
+    assert [r["runtime"] for r in rows] == [f"transformers {d}, {c} cache" for d in ("fp32", "bf16")
+                                            for c in ("dynamic", "static")]
+    read = count_parameters(load_model_config("tiny"), exclude_input_embedding=True)
+    assert [r["bytes"] for r in rows] == [4 * read, 4 * read, 2 * read, 2 * read]
+    bandwidth = rows[0]["limit_tok_s"] * rows[0]["bytes"]  # the same measured bandwidth for every row
+    for r in rows:
+        assert r["decode_tok_s"] > 0 and r["ttft_s"] > 0
+        assert r["limit_tok_s"] * r["bytes"] == pytest.approx(bandwidth)
+        assert r["fraction"] == pytest.approx(r["decode_tok_s"] / r["limit_tok_s"])
+    table = (tmp_path / "table.md").read_text()
+    assert "memory read bandwidth:" in table and table.count("| transformers ") == 4
+
+
+@pytest.mark.llama_cpp
+def test_cpu_inference_benchmark_llama_cpp_rows_read_the_gguf_weights(tmp_path, demo_paths):
+    """llama.cpp's rows: GGUF files made by llama.cpp's converter and quantiser; an f16 file's bytes per token are
+    the model's matrices at 2 bytes and its norms at 4 (GGUF keeps them in f32), the token embedding left out."""
+    import json
+
+    from pretrain_utils import REPO
+
+    rows = cpu_benchmark(tmp_path, "--types", "f16,q8_0", "--no-transformers")
+    assert [r["runtime"] for r in rows] == ["llama.cpp f16", "llama.cpp q8_0"]
+    c = json.loads((REPO / "configs" / "model" / "tiny.json").read_text())
+    d, layers, hd = c["hidden_size"], c["num_hidden_layers"], c["head_dim"]
+    matrices = layers * (d * hd * (2 * c["num_attention_heads"] + 2 * c["num_key_value_heads"])
+                         + 3 * d * c["intermediate_size"]) + c["vocab_size"] * d  # + the output head
+    norms = (2 * layers + 1) * d
+    assert rows[0]["bytes"] == 2 * matrices + 4 * norms
+    assert rows[1]["bytes"] < rows[0]["bytes"] and all(r["decode_tok_s"] > 0 for r in rows)
+    assert (tmp_path / "work" / "tiny-q8_0.gguf").is_file()  # made once, reused by the next run

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of docs/benchmarks.md in one command, for a bare GPU machine with no network:
 #
-#   bash scripts/gpu/benchmark.sh [pretrain|inference|draft|all]       # default: all
+#   bash scripts/gpu/benchmark.sh [pretrain|inference|batched|draft|all]       # default: all
 #
 # 1. installs the wheels in .whl/ (scripts/gpu/fetch_wheels.sh) into /tmp/site, if there are any (not with TOY=1);
 # 2. prints the card and the software versions;
@@ -10,6 +10,9 @@
 #    torch.compile, activation checkpointing with a larger micro batch, document masking (varlen flash-attention,
 #    else flex_attention and sdpa's block-diagonal mask) and DeepSpeed ZeRO-2 on one GPU;
 # 4. runs scripts/benchmark_inference.py at batch 1 and 64 (dynamic cache, static cache, static + torch.compile);
+# 4b. batched decoding: the article's "7,000 tokens per second on a single high-end GPU" (docs/reference.md, "Speed":
+#    vLLM on one A40, batch 100, n=10, 7,094.5 tokens/s) as a row: decode tokens/s of the 1.1B model at batch 100
+#    with transformers' generate (dynamic cache, static cache, static + torch.compile), bf16;
 # 5. speculative decoding at batch 1 (scripts/benchmark_inference.py --draft, --prompt-lookup): TinyLlama-Chat
 #    drafting for Llama-2-7B-chat, and TinyLlama python-v0.1 drafting for CodeLlama-7B (its purpose), in bf16.
 #    The machine has no network: the four models must be in the Hugging Face cache (HF_HOME) or given as local
@@ -34,10 +37,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OF
 if [[ ${TOY:-0} == 1 ]]; then
     model=tiny; train=(--seq-len 32 --micro-batch 2 --steps 1 --warmup 1); mb_big=mb4
     infer=(--batch-sizes 1,2 --prompt-len 8 --new-tokens 4 --repeats 1 --compile-on-cpu)
+    batched=(--batch-sizes 3 --prompt-len 8 --new-tokens 4 --repeats 1)
     pairs=${DRAFT_PAIRS:-"tiny tiny"}; draft=(--prompt-len 16 --new-tokens 8 --prompts 2 --repeats 1)
 else
     model=tinyllama-1.1b; train=(--seq-len 2048 --micro-batch 8 --steps 10 --warmup 3); mb_big=mb16
     infer=(--batch-sizes 1,64 --prompt-len 128 --new-tokens 256 --repeats 2)
+    batched=(--batch-sizes 100 --prompt-len 128 --new-tokens 256 --repeats 1)
     pairs=${DRAFT_PAIRS:-"meta-llama/Llama-2-7b-chat-hf TinyLlama/TinyLlama-1.1B-Chat-v1.0;codellama/CodeLlama-7b-hf TinyLlama/TinyLlama-1.1B-python-v0.1"}
     draft=(--prompt-len 128 --new-tokens 128 --prompts 8 --repeats 1)
 fi
@@ -69,6 +74,10 @@ if [[ $what == pretrain || $what == all ]]; then
 fi
 if [[ $what == inference || $what == all ]]; then
     "$PYTHON" scripts/benchmark_inference.py --model "$model" "${infer[@]}" | tee "$out/inference.md"
+fi
+if [[ $what == batched || $what == all ]]; then
+    echo "reference: TinyLlama's README, vLLM on one A40, batch 100, n=10: 7,094.5 tokens/s" | tee "$out/batched.md"
+    "$PYTHON" scripts/benchmark_inference.py --model "$model" "${batched[@]}" | tee -a "$out/batched.md"
 fi
 if [[ $what == draft || $what == all ]]; then
     : >"$out/draft.md"
