@@ -73,7 +73,7 @@ def test_the_report_marks_the_chat_template_rows(evaluated):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from pretrain_utils import REPO
 
     p = subprocess.run([sys.executable, str(REPO / "evaluation" / "report.py"), str(evaluated["out"]), "--out",
                         str(evaluated["out"] / "report")], capture_output=True, text=True, timeout=300,
