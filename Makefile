@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo test test-fast test-gguf test-interop test-gpu faults clean
+.PHONY: install demo test test-fast test-bench test-gguf test-interop test-gpu faults clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,10 @@ demo: install
 # gives each worker, and what it launches, one torch thread);
 # --dist loadfile keeps a file's tests, and their module fixtures, on one worker.
 test: install
-	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=15 -m "not llama_cpp and not litgpt"
+	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=15 -m "not llama_cpp and not litgpt and not bench"
 
 test-fast: install
-	$(PY) -m pytest -q -x -n 2 --dist loadfile -m "not slow and not faults_full and not llama_cpp and not litgpt" --durations=10
+	$(PY) -m pytest -q -x -n 2 --dist loadfile -m "not slow and not faults_full and not llama_cpp and not litgpt and not bench" --durations=10
 
 # GGUF exports checked by llama.cpp itself (docs/use.md): builds llama-cpp-python once per version and CMAKE_ARGS
 # (scripts/llama_cpp.sh; ~10 min on 2 cores, then cached in ~/.cache/tinyllama-wheels), installs it into the venv,
@@ -50,6 +50,11 @@ test-interop: install
 	PYTHON=$(PYTHON) bash scripts/litgpt_env.sh >/dev/null
 	TINYLLAMA_LITGPT_PYTHON=$$(PYTHON=$(PYTHON) bash scripts/litgpt_env.sh 2>/dev/null) TINYLLAMA_REQUIRE_LITGPT=1 \
 	  $(PY) -m pytest -q -x --durations=10 -m litgpt
+
+# the benchmark scripts at toy size on CPU (tests marked bench: each prints its tables, nothing is timed; the GPU
+# benchmark's TOY=1 run is most of it), so they do not rot between GPU sessions; .ci/run calls it
+test-bench: install
+	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=10 -m "bench and not llama_cpp"
 
 # the whole fault-injection suite (kills, preemption, disk full, Hub outages, bad inputs; docs/reliability.md)
 faults: install

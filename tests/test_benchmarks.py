@@ -8,7 +8,9 @@ import pytest
 from pretrain_utils import load_script, run_cli
 
 
-pytestmark = pytest.mark.slow  # each benchmark runs in its own processes; make test-fast skips it
+# each benchmark runs in its own processes (minutes in all): `make test-bench`, which .ci/run calls, runs them;
+# make test and make test-fast leave them out
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
 @pytest.fixture(scope="module")

@@ -301,7 +301,8 @@ def test_exports_record_the_training_data_folder(tmp_path):
     assert meta["data_dir"] == str((tmp_path / "data").resolve()) and meta["mixture"] == {"web": 1.0}
 
 
-@pytest.mark.slow  # a launched process: make test-fast skips it
+@pytest.mark.slow  # a launched benchmark script: make test-bench runs it
+@pytest.mark.bench
 def test_benchmark_script_runs_and_prints_its_table():
     import subprocess
 

@@ -158,6 +158,7 @@ def prep_chain(tmp_path, prep_reference, faults: list[str]) -> int:
     return landed
 
 
+@pytest.mark.faults_full  # (make test: tests/test_data_prepare.py's killed preparation)
 def test_prepare_killed_mid_shard_resumes_identically(tmp_path, prep_reference):
     assert prep_chain(tmp_path, prep_reference, ["kill@shard:2", "kill@shard_add:3"]) == 2
 

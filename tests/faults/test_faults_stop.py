@@ -82,6 +82,7 @@ def hub_run(tmp_path, endpoint: str, retries: int = 2, wait: str | None = None) 
     return summary, proc.stdout
 
 
+@pytest.mark.faults_full  # (make test: tests/test_pretrain.py's Hub retry and outage)
 def test_hub_refusing_connections_is_retried_and_reported(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -93,6 +94,7 @@ def test_hub_refusing_connections_is_retried_and_reported(tmp_path):
     record("hub_refused", **{k: summary[k] for k in ("hub_failed", "hub_attempts", "seconds")})
 
 
+@pytest.mark.faults_full  # (make test: tests/test_pretrain.py's Hub retry and outage)
 def test_hub_failing_commit_is_retried_then_succeeds(tmp_path):
     with RecordingHub(fail_first=1, fail_status=400) as hub:
         summary, err = hub_run(tmp_path, hub.url)
