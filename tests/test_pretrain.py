@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -245,6 +246,46 @@ def test_document_masking_reaches_the_attention_kernel_at_micro_batch_above_one(
             alone = model(input_ids=batch["input_ids"][b:b + 1, s:e], use_cache=False).logits[0]
             model.config._attn_implementation = attn
             torch.testing.assert_close(logits[b, s:e], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_liger_under_zero3_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys, demo_paths):
+    """Liger's fused cross-entropy reads lm_head.weight outside the module's forward, which under DeepSpeed ZeRO-3 is
+    this rank's empty shard: the recipe, launched with configs/deepspeed/zero3.json (one process, gloo on CPU),
+    stops with one message naming ZeRO-3 before any model is built. (Elsewhere on CPU the message is the missing
+    GPU: the check reads the launch's ZeRO stage, not just the flag.)"""
+    import socket
+
+    from tinyllama.training import core
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
+                       "WORLD_SIZE": "1", "ACCELERATE_USE_DEEPSPEED": "true",
+                       "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(REPO / "configs/deepspeed/zero3.json")}.items():
+        monkeypatch.setenv(key, value)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(core, "build_model", no_model)
+    import importlib
+
+    # (DeepSpeed JIT-compiles a shared-memory all-reduce op for CPU process groups, up to a minute: not needed here)
+    monkeypatch.setattr(importlib.import_module("deepspeed.comm.torch"), "build_shm_op", lambda: None)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_inprocess(write_config(tmp_path), "--use_liger_kernel", "true")
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "'use_liger_kernel' does not work under DeepSpeed ZeRO-3" in err, err[-2000:]
+    assert "Traceback" not in err
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    with pytest.raises(ValueError, match="needs a CUDA GPU") if not torch.cuda.is_available() else \
+            pytest.raises(AssertionError, match="a model was built"):
+        core.setup_model(SimpleNamespace(use_liger_kernel=True))
 
 
 def test_bad_config_stops_before_work_with_one_message(tmp_path):
