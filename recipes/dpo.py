@@ -58,6 +58,24 @@ def check_args(script_args, training_args, model_args) -> None:
                          f"({training_args.max_length}), or no reply token is left")
 
 
+def reference_model(training_args, model_args):
+    """Full DPO's frozen reference, loaded in the precision the policy computes in (bf16 with ``bf16: true``). TRL
+    would load it with the policy's ``model_init_kwargs``: fp32 master weights, 2.2 GB more on the 1.1B model, which
+    bf16 autocast rounds at every matmul anyway. None where TRL loads none: LoRA (the adapter switched off) and
+    ``precompute_ref_log_probs`` (the reference log-probs are computed once, before training); and without mixed
+    precision (the reference is then the policy's dtype, as in TRL)."""
+    import torch
+    from trl.trainer.utils import create_model_from_path
+
+    compute = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
+    if model_args.use_peft or training_args.precompute_ref_log_probs or compute is None:
+        return None
+    kwargs = {**training_args.model_init_kwargs, "dtype": compute}
+    if training_args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+        kwargs["device_map"] = None  # (as TRL does: "auto" fails in distributed training)
+    return create_model_from_path(model_args.model_name_or_path, **kwargs)
+
+
 def build_trainer(script_args, training_args, model_args, config_file: str | None = None) -> ChatDPOTrainer:
     check_args(script_args, training_args, model_args)
     tokenizer = chat.setup_tokenizer(
@@ -83,6 +101,7 @@ def build_trainer(script_args, training_args, model_args, config_file: str | Non
     training_args.model_init_kwargs = chat.model_init_kwargs(model_args, training_args)
     trainer = ChatDPOTrainer(
         model=model_args.model_name_or_path,
+        ref_model=reference_model(training_args, model_args),
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,

@@ -17,6 +17,11 @@ ON_CPU = os.environ.get("TINYLLAMA_GPU_TIER_ON_CPU") == "1"
 ALLOWED_MISSING = {n.strip() for n in os.environ.get("TINYLLAMA_GPU_ALLOW_MISSING", "").split(",") if n.strip()}
 
 
+# The kernel the training checks (the 1.1B step, compile with document masking) run with on a GPU: the run's choice
+# (scripts/gpu/tier.sh: torch_varlen, which any CUDA torch >= 2.10 has; flash_attention_2 where flash-attn is brought).
+TRAIN_ATTENTION = os.environ.get("TINYLLAMA_GPU_ATTENTION", "flash_attention_2")
+
+
 def require(name: str, reason: str | None) -> None:
     """Fail (or, where the run allows ``name`` to be missing, skip) when ``reason`` says it cannot run here."""
     import pytest
@@ -111,7 +116,7 @@ def reference_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *
     """``torch.nn.attention.varlen.varlen_attn``'s contract (torch >= 2.12 signature) in plain tensor ops, for CPU:
     query [T, Hq, D], key/value [T, Hkv, D], every sequence of ``cu_seq_q`` attends within itself, causally when
     ``window_size`` is (-1, 0). No ``.item()``, so torch.compile traces through it."""
-    assert torch.equal(cu_seq_q, cu_seq_k) and cu_seq_q.dtype == torch.int32 and return_aux is None
+    assert cu_seq_k is cu_seq_q and cu_seq_q.dtype == torch.int32 and return_aux is None  # (self-attention)
     assert window_size in ((-1, 0), (-1, -1)) and (enable_gqa or key.shape[1] == query.shape[1])
     index = torch.arange(query.shape[0], device=query.device)
     sequence = torch.searchsorted(cu_seq_q, index.to(torch.int32), right=True)
