@@ -72,6 +72,7 @@ if [[ $what == pretrain || $what == all ]]; then
     else echo "left out: torch_varlen (CUDA only)"; fi
     variants+=",flex$liger+docmask,sdpa$liger+docmask"
     if has deepspeed; then variants+=",$attn$liger+zero2"; else echo "left out: ZeRO-2 (deepspeed is not installed)"; fi
+    variants=$(tr , '\n' <<<"$variants" | awk '!seen[$0]++' | paste -sd,)  # (without Liger, two rows coincide)
     "$PYTHON" scripts/benchmark_pretrain.py --model "$model" "${train[@]}" --variants "$variants" \
         | tee "$out/pretrain.md"
 fi
