@@ -10,8 +10,8 @@ those pins), minus what the machine brings with its torch (PROVIDED). Then it st
 pyarrow's Flight and S3 libraries and headers, test suites), installs them with pip into an empty folder for
 the target's Python and platform (``pip install --target --python-version --platform``, no index, no dependency
 resolution: the set is complete) and packs that folder into ``<dest>/site-py<version>.tar.xz`` beside
-``MANIFEST.txt`` (the target, every wheel and its size). Packed as one xz archive, the installed set is about 45 MiB
-for Python 3.12, where the stripped wheels themselves are about 80 (their per-file compression leaves transformers'
+``MANIFEST.txt`` (the target, every wheel and its size). Packed as one xz archive, the installed set is about 47 MiB
+(Python 3.11, 2026-12-06), where the stripped wheels themselves are about 80 (their per-file compression leaves transformers'
 thousands of Python files large): small enough to carry to a machine that is lent for minutes. The downloaded wheels
 stay in ``~/.cache/tinyllama-gpu-wheels``. DeepSpeed is published as source only: it is built here into a
 pure-Python wheel (its CUDA ops, which the tier does not use, would be JIT-built there).
