@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo test test-fast test-bench test-gguf test-interop test-gpu faults clean
+.PHONY: install demo test test-fast test-bench test-gguf test-interop test-gpu test-gpu-wheels faults clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,15 +60,20 @@ test-bench: install
 faults: install
 	TINYLLAMA_FAULTS_FULL=1 $(PY) -m pytest -q tests/faults --durations=20
 
-# the GPU tier (tests/gpu, docs/testing.md), on a CUDA machine: flash-attn / Liger / bitsandbytes checks, the 1.1B
-# bf16 step, compile, QLoRA, the GPU benchmark at toy size. TINYLLAMA_GPU_TIER_ON_CPU=1 runs it on CPU (tiny sizes).
-# No install step (a GPU box is often offline with its own CUDA torch): `make install` first, or PY=python3.
+# the GPU tier (tests/gpu, docs/testing.md) on a CUDA machine, bare and offline included: scripts/gpu/tier.sh installs
+# the wheel set carried in .whl/ (scripts/gpu/wheels.py fetch, on a machine with PyPI) into an empty folder, runs
+# pytest -m gpu tests/gpu and the 1.1B pretraining benchmark, log and tables in $OUT. PYTHON: the machine's python3.
+# TINYLLAMA_GPU_TIER_ON_CPU=1 pytest -m gpu tests/gpu runs the tier's tests on CPU (tiny sizes).
 test-gpu:
-	-nvidia-smi
-	$(PY) -c "import torch, transformers; print('torch', torch.__version__, 'CUDA', torch.version.cuda, \
-	  torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device'); \
-	  print('transformers', transformers.__version__)"
-	$(PY) -m pytest -q -m gpu tests/gpu -rs --durations=10
+	PYTHON=$(PYTHON) bash scripts/gpu/tier.sh
+
+# the wheel set for this machine's Python (fetched once into ~/.cache, with PyPI) installs into an empty folder and
+# the tier collects with it (tests/test_gpu_wheels.py)
+GPU_WHEELS ?= $(HOME)/.cache/tinyllama-gpu-wheels/set-py$(shell $(PY) -c "import sys; print('%d.%d' % sys.version_info[:2])")
+test-gpu-wheels: install
+	test -f $(GPU_WHEELS)/MANIFEST.txt || $(PY) scripts/gpu/wheels.py fetch --python \
+	  $$($(PY) -c "import sys; print('%d.%d' % sys.version_info[:2])") --dest $(GPU_WHEELS)
+	TINYLLAMA_GPU_WHEELS=$(GPU_WHEELS) $(PY) -m pytest -q -m gpu_wheels tests/test_gpu_wheels.py
 
 clean:
 	rm -rf data/demo outputs/demo*

@@ -8,10 +8,11 @@ Two modes, both printing one table with ratios measured in the same run:
        python scripts/benchmark_pretrain.py --model tinyllama-1.1b --seq-len 2048 \
            --variants sdpa,fa2,fa2+liger,fa2+liger+compile,fa2+ckpt+mb16,fa2+docmask,fa2+zero2
 
-   A variant is options joined by '+': an attention kernel (sdpa | fa2 | eager | flex), ``liger``, ``compile``,
+   A variant is options joined by '+': an attention kernel (sdpa | fa2 | varlen | eager | flex; varlen is
+   torch_varlen, torch's own FlashAttention varlen kernel: tinyllama/attention.py), ``liger``, ``compile``,
    ``ckpt`` (activation checkpointing), ``mbN`` (micro batch N), ``docmask`` (document masking from packed
    position_ids), ``zero2`` (DeepSpeed ZeRO-2 on one device instead of plain/DDP). Variants whose requirements are
-   missing (flash-attn, liger-kernel, CUDA) are reported as skipped, not failed.
+   missing (a kernel, liger-kernel, deepspeed, CUDA) are reported as skipped, with the reason, not failed.
 
 2. ``--loop-overhead`` (CPU, the demo model and data): the recipe (``recipes/pretrain.py``, in-process) against a
    bare PyTorch loop on the same model, data and batch, side by side; the target is at most 10% step time added.
@@ -48,6 +49,8 @@ def parse_variant(spec: str, default_mb: int) -> dict:
             v["attn"] = "flash_attention_2"
         elif opt == "flex":
             v["attn"] = "flex_attention"
+        elif opt == "varlen":
+            v["attn"] = "torch_varlen"
         elif opt in ("liger", "compile", "ckpt", "docmask", "zero2"):
             v[opt] = True
         elif opt.startswith("mb") and opt[2:].isdigit():
@@ -60,13 +63,14 @@ def parse_variant(spec: str, default_mb: int) -> dict:
 def missing_requirement(v: dict) -> str | None:
     import importlib.util
 
-    if v["attn"] == "flash_attention_2":
-        from tinyllama.model import flash_attn_unavailable_reason
+    from tinyllama.model import attn_unavailable_reason
 
-        if reason := flash_attn_unavailable_reason():
-            return reason
+    if reason := attn_unavailable_reason(v["attn"]):
+        return f"{v['attn']}: {reason}"
     if v["liger"] and (importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available()):
         return "liger-kernel / CUDA not available"
+    if v["zero2"] and importlib.util.find_spec("deepspeed") is None:
+        return "deepspeed is not installed"
     return None
 
 

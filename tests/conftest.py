@@ -44,6 +44,11 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("litgpt"):
                 item.add_marker(no_litgpt)
+    if not os.environ.get("TINYLLAMA_GPU_WHEELS"):  # a fetched wheel set (make test-gpu-wheels: tests/test_gpu_wheels.py)
+        no_wheels = pytest.mark.skip(reason="needs the GPU tier's wheel set for this Python: run `make test-gpu-wheels`")
+        for item in items:
+            if item.get_closest_marker("gpu_wheels"):
+                item.add_marker(no_wheels)
     if torch.cuda.is_available() or os.environ.get("TINYLLAMA_GPU_TIER_ON_CPU") == "1":  # (tests/gpu/conftest.py)
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

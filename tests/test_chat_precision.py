@@ -100,3 +100,25 @@ def test_chat_v1_configs_train_fp32_master_weights_and_lora_keeps_a_bf16_base():
     for name in ("sft-lora", "dpo-lora"):
         _, _, model_args = parse_chat_config(REPO / "configs" / "chat" / f"{name}.yaml", ["--use_cpu", "true"])
         assert model_args.dtype == "bfloat16" and model_args.use_peft, name
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_lora_adapters_train_in_fp32_and_qlora_adapters_in_bf16(quantized, demo_tokenizer, tmp_path):
+    """What docs/chat.md and configs/chat/sft-qlora.yaml state: on a bf16 base, PEFT makes LoRA adapters fp32; on a
+    4-bit base, TRL's SFTTrainer casts them to bf16 (the QLoRA paper's setting). bitsandbytes quantizes on CUDA
+    only, so the 4-bit base is simulated by the flag TRL reads (``is_loaded_in_4bit``)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from tinyllama.model import build_model
+
+    model = build_model("tiny", attn_implementation="sdpa", seed=0, dtype=torch.bfloat16)
+    model.is_loaded_in_4bit = quantized
+    trainer = SFTTrainer(
+        model=model, processing_class=demo_tokenizer, train_dataset=Dataset.from_list([{"text": "a b c d"}] * 2),
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=16))
+    adapters = {p.dtype for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert adapters == {torch.bfloat16 if quantized else torch.float32}

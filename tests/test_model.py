@@ -47,17 +47,20 @@ def test_every_model_config_builds_and_runs(path):
     assert out.logits.shape == (2, 16, config.vocab_size) and torch.isfinite(out.loss)
 
 
-def test_flash_attention_falls_back_to_sdpa_on_cpu_with_one_warning(caplog):
+def test_an_unavailable_kernel_is_refused_and_auto_says_what_it_chose(caplog):
+    """No silent fallback: a kernel asked for by name that cannot run here stops the build with one message naming
+    why and the alternatives; auto picks flash_attention_2 or sdpa and logs which and why."""
     if torch.cuda.is_available():
         pytest.skip("CPU behaviour")
     resolve_attn_implementation.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="tinyllama.model"):
-        assert resolve_attn_implementation("flash_attention_2") == "sdpa"
-        assert resolve_attn_implementation("flash_attention_2") == "sdpa"
-        model = build_model("tiny", attn_implementation="flash_attention_2")
-    warnings = [r for r in caplog.records if "flash_attention_2 is not available" in r.getMessage()]
-    assert len(warnings) == 1 and "no CUDA device" in warnings[0].getMessage()
-    assert model.config._attn_implementation == "sdpa"
+    for kernel, reason in (("flash_attention_2", "no CUDA device"), ("torch_varlen", "no CUDA device")):
+        with pytest.raises(ValueError, match=f"attn_implementation {kernel} cannot run here: {reason}.*sdpa"):
+            build_model("tiny", attn_implementation=kernel)
+    with caplog.at_level(logging.INFO, logger="tinyllama.model"):
+        assert resolve_attn_implementation("auto") == "sdpa"
+        assert resolve_attn_implementation("auto") == "sdpa"
+    said = [r.getMessage() for r in caplog.records if "attn_implementation auto" in r.getMessage()]
+    assert said == ["attn_implementation auto: sdpa (no CUDA device)"]
     assert resolve_attn_implementation("eager") == "eager"
     with pytest.raises(ValueError, match="attn_implementation"):
         resolve_attn_implementation("flash3")
@@ -103,3 +106,10 @@ def test_tinyllama_init_draws_each_module_kind_with_its_published_std():
     again = build_model("demo", seed=0)
     init_weights(again)
     assert torch.equal(again.model.layers[0].self_attn.o_proj.weight, model.model.layers[0].self_attn.o_proj.weight)
+
+
+def test_the_config_accepts_exactly_the_kernels_the_builder_knows():
+    from tinyllama.training.args import ATTENTION_CHOICES as config_choices
+    from tinyllama.model import ATTENTION_CHOICES
+
+    assert config_choices == ATTENTION_CHOICES

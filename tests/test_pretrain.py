@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -247,15 +248,27 @@ def _documents(batch, starts):
     return [(b, s, e) for b, row in enumerate(starts) for s, e in zip(row, row[1:] + [T]) if s < T]
 
 
+def _reference_flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                                      softmax_scale=None, causal=False):
+    """flash-attn's ``flash_attn_varlen_func`` contract on CPU (q [T, Hq, D], k/v [T, Hkv, D]; each sequence of
+    ``cu_seqlens`` attends within itself), for transformers' own flash-attention code path."""
+    index = torch.arange(q.shape[0])
+    seq = torch.searchsorted(cu_seqlens_q, index.to(cu_seqlens_q.dtype), right=True)
+    mask = (seq[:, None] == seq[None, :]) & ((index[None, :] <= index[:, None]) if causal else True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask,
+        scale=softmax_scale, enable_gqa=True)
+    return out[0].transpose(0, 1)
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager", "flash_attention_2"])
-def test_document_masking_reaches_the_attention_kernel_at_micro_batch_above_one(attn):
-    """What forward_loss hands the model with document masking at micro batch 3: for flash attention, transformers'
-    own helpers must see packed sequences (``_is_packed_sequence`` looks at batch-1 inputs only) with one
-    sequence per document; and through the same layout every document's logits equal the document run alone.
-    (flash_attention_2 cannot run on CPU: its inputs are captured before the kernel; its logits check runs on
-    sdpa with the flash layout, and in the GPU tier on the kernel itself.)"""
-    from transformers.modeling_flash_attention_utils import (_is_packed_sequence,
-                                                             prepare_fa_kwargs_from_position_ids)
+def test_document_masking_reaches_the_attention_kernel_at_micro_batch_above_one(attn, monkeypatch):
+    """Document masking at micro batch 3 with the loader's own position ids: every document's logits equal the
+    document run alone. flash_attention_2 runs transformers' own flash-attention code with flash-attn's varlen
+    function replaced by a CPU reference of its contract: the document offsets forward_loss computes
+    (``cu_seq_lens_q``) are the ones used (transformers must not derive its own from the position ids, a device sync
+    and a graph break under torch.compile), for a [B, T] batch (no flattening to one row)."""
+    from transformers import modeling_flash_attention_utils as fa_utils
 
     from tinyllama.model import build_model
     from tinyllama.training.core import forward_loss
@@ -264,41 +277,66 @@ def test_document_masking_reaches_the_attention_kernel_at_micro_batch_above_one(
     docs = _documents(batch, starts)
     model = build_model("tiny", attn_implementation="eager" if attn == "eager" else "sdpa", seed=0).eval()
     if attn == "flash_attention_2":
+        kernels = (None, _reference_flash_attn_varlen_func, None, None, None)
+        processing = (fa_utils._lazy_define_process_function(_reference_flash_attn_varlen_func), None)
+        monkeypatch.setattr(fa_utils, "lazy_import_flash_attention", lambda *a, **k: (kernels, processing))
+        monkeypatch.setattr(fa_utils, "_prepare_from_posids", None)  # (calling it fails the test)
         model.config._attn_implementation = "flash_attention_2"
     seen = {}
-
-    def capture(module, args, kwargs):
-        seen.update(kwargs)
-        if attn == "flash_attention_2":
-            raise InterruptedError  # stop before the kernel, which needs CUDA
-
-    handle = model.register_forward_pre_hook(capture, with_kwargs=True)
-    try:
+    handle = model.register_forward_pre_hook(lambda m, a, kwargs: seen.update(kwargs), with_kwargs=True)
+    with torch.no_grad():
         forward_loss(model, batch, True, "cpu")
-    except InterruptedError:
-        pass
-    finally:
         handle.remove()
-    pos = seen["position_ids"]
-    if attn == "flash_attention_2":
-        assert seen["input_ids"].shape[0] == 1 and _is_packed_sequence(pos, batch_size=seen["input_ids"].shape[0])
-        (cu_q, _), _ = prepare_fa_kwargs_from_position_ids(pos)
         T = batch["input_ids"].shape[1] - 1
-        assert cu_q.tolist() == [b * T + s for b, s, _ in docs] + [len(starts) * T]
-        model.config._attn_implementation = "sdpa"  # the same flattened inputs through a CPU kernel
-    with torch.no_grad():
-        logits = model(input_ids=seen["input_ids"], position_ids=pos, use_cache=False).logits
-        logits = logits.reshape(len(starts), -1, logits.shape[-1])
+        assert seen["input_ids"].shape == (3, T)
+        if attn == "flash_attention_2":
+            assert seen["cu_seq_lens_q"].tolist() == [b * T + s for b, s, _ in docs] + [len(starts) * T]
+        logits = model(**{k: v for k, v in seen.items() if k not in ("labels", "shift_labels")}).logits
         for b, s, e in docs:
+            model.config._attn_implementation = "eager"
             alone = model(input_ids=batch["input_ids"][b:b + 1, s:e], use_cache=False).logits[0]
+            model.config._attn_implementation = attn
             torch.testing.assert_close(logits[b, s:e], alone, atol=1e-5, rtol=1e-5)
-    # and the loss is the same mean over the same targets as without flattening
-    model.config._attn_implementation = "sdpa"
-    with torch.no_grad():
-        flat = forward_loss(model, batch, True, "cpu")
-        model.config._attn_implementation = "eager"
-        rows = forward_loss(model, batch, True, "cpu")
-    torch.testing.assert_close(flat, rows, atol=1e-5, rtol=1e-5)
+
+
+def test_liger_under_zero3_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys, demo_paths):
+    """Liger's fused cross-entropy reads lm_head.weight outside the module's forward, which under DeepSpeed ZeRO-3 is
+    this rank's empty shard: the recipe, launched with configs/deepspeed/zero3.json (one process, gloo on CPU),
+    stops with one message naming ZeRO-3 before any model is built. (Elsewhere on CPU the message is the missing
+    GPU: the check reads the launch's ZeRO stage, not just the flag.)"""
+    import socket
+
+    from tinyllama.training import core
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
+                       "WORLD_SIZE": "1", "ACCELERATE_USE_DEEPSPEED": "true",
+                       "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(REPO / "configs/deepspeed/zero3.json")}.items():
+        monkeypatch.setenv(key, value)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(core, "build_model", no_model)
+    import importlib
+
+    # (DeepSpeed JIT-compiles a shared-memory all-reduce op for CPU process groups, up to a minute: not needed here)
+    monkeypatch.setattr(importlib.import_module("deepspeed.comm.torch"), "build_shm_op", lambda: None)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_inprocess(write_config(tmp_path), "--use_liger_kernel", "true")
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "'use_liger_kernel' does not work under DeepSpeed ZeRO-3" in err, err[-2000:]
+    assert "Traceback" not in err
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    with pytest.raises(ValueError, match="needs a CUDA GPU") if not torch.cuda.is_available() else \
+            pytest.raises(AssertionError, match="a model was built"):
+        core.setup_model(SimpleNamespace(use_liger_kernel=True))
 
 
 def test_bad_config_stops_before_work_with_one_message(tmp_path):

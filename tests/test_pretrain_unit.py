@@ -149,3 +149,26 @@ def test_resume_source_by_engine_and_number_of_processes(tmp_path):
         resume_source("auto", (tmp_path / "zero3" / "checkpoints"), "plain", 2)
     assert resume_source("auto", tmp_path / "none", "plain", 1) is None and resume_source(None, tmp_path, "zero", 1) \
         is None
+
+
+def test_throughput_waits_for_the_device_before_reading_the_clock(monkeypatch):
+    """Tokens/s and MFU must count the time the device takes to run the queued steps: a simulated device that still
+    has 3 s of work queued when the host reads the clock (its synchronize() returns 3 s later)."""
+    import torch
+
+    from tinyllama.training import metrics
+
+    now = [100.0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def synchronize():
+        now[0] += 3.0  # the device finishes its queued work
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    throughput = metrics.Throughput(flops_per_token=1e3, num_devices=1, peak_flops=1e6)
+    now[0] += 1.0  # the host queues steps for 1 s
+    throughput.update(8000)
+    row = throughput.read()
+    assert row["tokens_per_sec"] == 8000 / 4.0  # 1 s queueing + 3 s the device still ran (not 8000 / 1)
+    assert row["mfu"] == 8000 / 4.0 * 1e3 / 1e6

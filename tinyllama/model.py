@@ -21,7 +21,9 @@ from .utils import repo_root
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = repo_root() / "configs" / "model"
-ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager", "flex_attention")
+# "auto" picks flash_attention_2 where flash-attn is installed, else sdpa (logged). torch_varlen is torch's own
+# FlashAttention varlen kernel (tinyllama/attention.py): packed documents at flash speed without the flash-attn package.
+ATTENTION_CHOICES = ("auto", "flash_attention_2", "torch_varlen", "flex_attention", "sdpa", "eager")
 
 
 def resolve_model_config_path(name: str | os.PathLike) -> Path | None:
@@ -58,22 +60,41 @@ def flash_attn_unavailable_reason() -> str | None:
     return None
 
 
+def attn_unavailable_reason(attn: str) -> str | None:
+    """Why the attention kernel ``attn`` cannot run on this machine, or None when it can."""
+    if attn == "flash_attention_2":
+        return flash_attn_unavailable_reason()
+    if attn == "torch_varlen":
+        from .attention import varlen_unavailable_reason
+
+        return varlen_unavailable_reason()
+    if attn == "flex_attention" and importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+        return f"torch {torch.__version__} has no flex_attention"
+    return None
+
+
 @functools.cache
 def resolve_attn_implementation(requested: str = "auto") -> str:
-    """flash_attention_2 when CUDA and flash-attn are there; otherwise sdpa, with one warning saying why.
-
-    transformers raises at model build time when flash-attn is missing, so the choice is made here, once.
-    """
+    """The kernel to build with: ``requested`` itself, which must be available here (else one error naming why and
+    the alternatives: no silent fallback to a slower kernel); ``auto`` is flash_attention_2 where flash-attn runs,
+    else sdpa, and says which in the log (once per process)."""
     if requested not in ATTENTION_CHOICES:
         raise ValueError(f"attn_implementation must be one of {ATTENTION_CHOICES}, got {requested!r}")
-    if requested not in ("auto", "flash_attention_2"):
+    if requested == "torch_varlen":
+        from .attention import register
+
+        register()  # (transformers must know the name before a model is built with it)
+    if requested != "auto":
+        if reason := attn_unavailable_reason(requested):
+            raise ValueError(
+                f"attn_implementation {requested} cannot run here: {reason}. Choose another kernel: sdpa (torch's "
+                "own FlashAttention when document_masking is off), torch_varlen (packed documents on a CUDA GPU, "
+                "torch >= 2.10), flex_attention, or auto (docs/testing.md, \"Attention kernels\")")
         return requested
     reason = flash_attn_unavailable_reason()
-    if reason is None:
-        return "flash_attention_2"
-    if requested == "flash_attention_2":
-        log.warning("attn_implementation: flash_attention_2 is not available (%s); using sdpa instead", reason)
-    return "sdpa"
+    choice = "flash_attention_2" if reason is None else "sdpa"
+    log.info("attn_implementation auto: %s%s", choice, f" ({reason})" if reason else "")
+    return choice
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

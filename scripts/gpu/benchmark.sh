@@ -3,12 +3,14 @@
 #
 #   bash scripts/gpu/benchmark.sh [pretrain|inference|batched|draft|all]       # default: all
 #
-# 1. installs the wheels in .whl/ (scripts/gpu/fetch_wheels.sh) into /tmp/site, if there are any (not with TOY=1);
+# 1. installs the wheel set in .whl/ (scripts/gpu/wheels.py) into an empty folder, if there is one and PYTHONPATH
+#    does not already name it (scripts/gpu/tier.sh installs it first; not with TOY=1);
 # 2. prints the card and the software versions;
 # 3. runs scripts/benchmark_pretrain.py over the throughput variants (the 1.1B model, seq_len 2048,
-#    bf16): the attention kernel (flash_attention_2 where flash-attn imports, else sdpa), Liger kernels,
-#    torch.compile, activation checkpointing with a larger micro batch, document masking (varlen flash-attention,
-#    else flex_attention and sdpa's block-diagonal mask) and DeepSpeed ZeRO-2 on one GPU;
+#    bf16, STEPS timed steps, default 10): the attention kernel (flash_attention_2 where flash-attn imports, else
+#    sdpa), Liger kernels, torch.compile, activation checkpointing with a larger micro batch, document masking under
+#    every kernel (flash_attention_2, torch_varlen, flex_attention, sdpa's block-diagonal mask) and DeepSpeed ZeRO-2
+#    on one GPU; rows whose package is missing are left out, with a line saying so;
 # 4. runs scripts/benchmark_inference.py at batch 1 and 64 (dynamic cache, static cache, static + torch.compile);
 # 4b. batched decoding: the article's "7,000 tokens per second on a single high-end GPU" (docs/reference.md, "Speed":
 #    vLLM on one A40, batch 100, n=10, 7,094.5 tokens/s) as a row: decode tokens/s of the 1.1B model at batch 100
@@ -28,9 +30,10 @@ what=${1:-all}
 out=${OUT:-outputs/benchmarks}
 mkdir -p "$out"
 PYTHON=${PYTHON:-python3}
-if [[ ${TOY:-0} != 1 ]] && compgen -G ".whl/*.whl" >/dev/null; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
+site=${TINYLLAMA_GPU_SITE:-/tmp/tinyllama-site}
+if [[ ${TOY:-0} != 1 && -f .whl/MANIFEST.txt && ":${PYTHONPATH:-}:" != *":$site:"* ]]; then
+    "$PYTHON" scripts/gpu/wheels.py install --wheels .whl --target "$site"
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
@@ -40,7 +43,7 @@ if [[ ${TOY:-0} == 1 ]]; then
     batched=(--batch-sizes 3 --prompt-len 8 --new-tokens 4 --repeats 1)
     pairs=${DRAFT_PAIRS:-"tiny tiny"}; draft=(--prompt-len 16 --new-tokens 8 --prompts 2 --repeats 1)
 else
-    model=tinyllama-1.1b; train=(--seq-len 2048 --micro-batch 8 --steps 10 --warmup 3); mb_big=mb16
+    model=tinyllama-1.1b; train=(--seq-len 2048 --micro-batch 8 --steps "${STEPS:-10}" --warmup 3); mb_big=mb16
     infer=(--batch-sizes 1,64 --prompt-len 128 --new-tokens 256 --repeats 2)
     batched=(--batch-sizes 100 --prompt-len 128 --new-tokens 256 --repeats 1)
     pairs=${DRAFT_PAIRS:-"meta-llama/Llama-2-7b-chat-hf TinyLlama/TinyLlama-1.1B-Chat-v1.0;codellama/CodeLlama-7b-hf TinyLlama/TinyLlama-1.1B-python-v0.1"}
@@ -59,16 +62,22 @@ for name in ("transformers", "accelerate", "deepspeed", "liger-kernel", "flash-a
 PY
 
 if [[ $what == pretrain || $what == all ]]; then
-    if "$PYTHON" -c "import flash_attn" 2>/dev/null; then
-        attn=fa2; docmask=fa2+liger+docmask
-    else
-        attn=sdpa; docmask=flex+liger+docmask,sdpa+liger+docmask
-    fi
-    variants="$attn,$attn+liger,$attn+liger+compile,$attn+liger+ckpt+$mb_big,$docmask,$attn+liger+zero2"
-    if [[ ${TOY:-0} == 1 ]] && ! "$PYTHON" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-        # Liger's Triton kernels need a GPU: on CPU the same variants without them (a GPU keeps them, even at TOY=1)
-        variants=$(tr , '\n' <<<"${variants//+liger/}" | awk '!seen[$0]++' | paste -sd,)
-    fi
+    # The rows: the attention kernel without document masking (flash_attention_2 where flash-attn imports, else sdpa:
+    # torch's own FlashAttention), Liger, compile, activation checkpointing with a larger micro batch, ZeRO-2; then
+    # document masking under every kernel that can run here (flash_attention_2, torch_varlen, flex_attention, sdpa's
+    # block-diagonal mask), torch_varlen also compiled. A row whose package or device is missing is left out and
+    # said so here (the GPU tier's own checks fail on what the run did not allow to be missing).
+    has() { "$PYTHON" -c "import $1" 2>/dev/null; }
+    cuda=0; "$PYTHON" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null && cuda=1
+    attn=sdpa; has flash_attn && [[ $cuda == 1 ]] && attn=fa2
+    liger=""; if [[ $cuda == 1 ]] && has liger_kernel; then liger=+liger; else echo "left out: Liger (needs CUDA and liger-kernel)"; fi
+    variants="$attn,$attn$liger,$attn$liger+compile,$attn$liger+ckpt+$mb_big"
+    [[ $attn == fa2 ]] && variants+=",fa2$liger+docmask"
+    if [[ $cuda == 1 ]]; then variants+=",varlen$liger+docmask,varlen$liger+docmask+compile"
+    else echo "left out: torch_varlen (CUDA only)"; fi
+    variants+=",flex$liger+docmask,sdpa$liger+docmask"
+    if has deepspeed; then variants+=",$attn$liger+zero2"; else echo "left out: ZeRO-2 (deepspeed is not installed)"; fi
+    variants=$(tr , '\n' <<<"$variants" | awk '!seen[$0]++' | paste -sd,)  # (without Liger, two rows coincide)
     "$PYTHON" scripts/benchmark_pretrain.py --model "$model" "${train[@]}" --variants "$variants" \
         | tee "$out/pretrain.md"
 fi

@@ -1,4 +1,5 @@
-"""Shared pieces of the GPU tier: a packed micro-batch laid out as the data loader lays it out, and model twins."""
+"""Shared pieces of the GPU tier: what a run requires, a packed micro-batch laid out as the data loader lays it out,
+model twins, and a CPU reference of torch's varlen attention kernel."""
 
 from __future__ import annotations
 
@@ -10,6 +11,27 @@ from dataclasses import dataclass
 import torch
 
 ON_CPU = os.environ.get("TINYLLAMA_GPU_TIER_ON_CPU") == "1"
+# What this run may lack, said by the run itself (scripts/gpu/tier.sh sets it): comma-separated names of kernels and
+# packages (flash_attention_2, torch_varlen, flex_attention, liger, bitsandbytes, deepspeed). A check whose
+# requirement is missing FAILS unless its name is here: a green tier must mean the configured kernels ran.
+ALLOWED_MISSING = {n.strip() for n in os.environ.get("TINYLLAMA_GPU_ALLOW_MISSING", "").split(",") if n.strip()}
+
+
+# The kernel the training checks (the 1.1B step, compile with document masking) run with on a GPU: the run's choice
+# (scripts/gpu/tier.sh: torch_varlen, which any CUDA torch >= 2.10 has; flash_attention_2 where flash-attn is brought).
+TRAIN_ATTENTION = os.environ.get("TINYLLAMA_GPU_ATTENTION", "flash_attention_2")
+
+
+def require(name: str, reason: str | None) -> None:
+    """Fail (or, where the run allows ``name`` to be missing, skip) when ``reason`` says it cannot run here."""
+    import pytest
+
+    if reason is None:
+        return
+    if name in ALLOWED_MISSING:
+        pytest.skip(f"{name}: {reason} (allowed: TINYLLAMA_GPU_ALLOW_MISSING)")
+    pytest.fail(f"{name} cannot run here: {reason}. Bring it (scripts/gpu/wheels.py), or say the run may go "
+                f"without it: TINYLLAMA_GPU_ALLOW_MISSING={name}", pytrace=False)
 
 
 @dataclass(frozen=True)
@@ -72,12 +94,47 @@ def documents(batch: dict) -> list[tuple[int, int, int]]:
 
 def build(config: str, attn: str, tier: Tier, seed: int = 0):
     """A fresh model with the recipe's builder, on the tier's device, in eval mode; fails if transformers (or our
-    resolver) silently chose another attention kernel than the one asked for."""
+    resolver) silently chose another attention kernel than the one asked for. On CPU, torch_varlen (CUDA only) is
+    set on an sdpa build: its calls then need ``reference_varlen_attn`` in place of torch's kernel."""
     from tinyllama.model import build_model
 
-    model = build_model(config, attn_implementation=attn, seed=seed).to(tier.device).eval()
+    if attn == "torch_varlen" and not tier.cuda:
+        from tinyllama.attention import register
+
+        register()
+        model = build_model(config, attn_implementation="sdpa", seed=seed)
+        model.set_attn_implementation(attn)
+    else:
+        model = build_model(config, attn_implementation=attn, seed=seed)
+    model = model.to(tier.device).eval()
     assert model.config._attn_implementation == attn, (attn, model.config._attn_implementation)
     return model
+
+
+def reference_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                          window_size=(-1, -1), enable_gqa=False):
+    """``torch.nn.attention.varlen.varlen_attn``'s contract (torch >= 2.12 signature) in plain tensor ops, for CPU:
+    query [T, Hq, D], key/value [T, Hkv, D], every sequence of ``cu_seq_q`` attends within itself, causally when
+    ``window_size`` is (-1, 0). No ``.item()``, so torch.compile traces through it."""
+    assert cu_seq_k is cu_seq_q and cu_seq_q.dtype == torch.int32 and return_aux is None  # (self-attention)
+    assert window_size in ((-1, 0), (-1, -1)) and (enable_gqa or key.shape[1] == query.shape[1])
+    index = torch.arange(query.shape[0], device=query.device)
+    sequence = torch.searchsorted(cu_seq_q, index.to(torch.int32), right=True)
+    mask = sequence[:, None] == sequence[None, :]
+    if window_size == (-1, 0):
+        mask = mask & (index[None, :] <= index[:, None])
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(0, 1)[None], key.transpose(0, 1)[None], value.transpose(0, 1)[None], attn_mask=mask,
+        scale=scale, enable_gqa=enable_gqa)
+    return out[0].transpose(0, 1)
+
+
+def reference_varlen_attn_torch_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False,
+                                     return_aux=None):
+    """The same with torch 2.10's signature: ``is_causal``, no ``scale`` (1/sqrt(D)), no grouped-query heads."""
+    assert key.shape[1] == query.shape[1], "torch 2.10's varlen_attn takes as many key/value heads as query heads"
+    return reference_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k,
+                                 window_size=(-1, 0) if is_causal else (-1, -1))
 
 
 def reference_twin(model, tier: Tier):

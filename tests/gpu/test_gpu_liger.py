@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gpu_tier_utils import packed_batch
+from gpu_tier_utils import packed_batch, require
 
 
 def recipe_args(use_liger_kernel: bool, attn: str) -> SimpleNamespace:
@@ -37,8 +37,7 @@ def recipe_args(use_liger_kernel: bool, attn: str) -> SimpleNamespace:
 def test_liger_loss_equals_the_plain_loss(tier, record, monkeypatch):
     if not tier.cuda:
         pytest.skip("Liger's kernels are Triton kernels: CUDA only (the tier runs on CPU)")
-    if importlib.util.find_spec("liger_kernel") is None:
-        pytest.skip("liger-kernel is not installed (pip install -r requirements-gpu.txt)")
+    require("liger", None if importlib.util.find_spec("liger_kernel") else "liger-kernel is not installed")
     from transformers.models.llama import modeling_llama
 
     from tinyllama.model import resolve_attn_implementation

@@ -1,10 +1,12 @@
 """The pretraining recipe on the GPU path, in-process (tests/pretrain_utils.run_inprocess), on the embedded demo data
 and tokenizer (4096 tokens: the recipe accepts a tokenizer smaller than the model's vocabulary):
 
-(d) configs/pretrain/tinyllama-1.1b.yaml as it is (the 1.1B model, seq_len 2048, bf16, flash_attention_2 where
-    flash-attn is installed, else sdpa) for 3 steps at micro batch 4 (about half of an 80 GB card): finite losses,
-    peak memory and MFU logged, and the attention kernel that ran is the one asked for.
-(e) ``compile: true`` gives the first step's loss of the same run without it.
+(d) configs/pretrain/tinyllama-1.1b.yaml as it is (the 1.1B model, seq_len 2048, bf16) with the run's attention kernel
+    (``TINYLLAMA_GPU_ATTENTION``; missing, it fails unless the run allows it) for 3 steps at micro batch 4 (about
+    half of an 80 GB card): finite losses, peak memory and MFU logged, and the kernel that ran is the one asked for.
+(e) ``compile: true`` gives the first step's loss of the same run without it; and with document masking under a
+    varlen kernel the compiled model is one graph (no break for the document offsets: forward_loss computes them on
+    the host) with the eager loss.
 
 With TINYLLAMA_GPU_TIER_ON_CPU=1 the same runs use configs/model/tiny.json, seq_len 64, fp32 and sdpa.
 """
@@ -17,6 +19,7 @@ import sys
 import pytest
 import torch
 
+from gpu_tier_utils import TRAIN_ATTENTION, build, packed_batch, reference_varlen_attn, require
 from pretrain_utils import REPO, metrics, run_inprocess
 
 CONFIG = REPO / "configs" / "pretrain" / "tinyllama-1.1b.yaml"
@@ -55,10 +58,11 @@ def test_bf16_step_of_the_1b_model_at_seq_2048(demo_paths, tmp_path, tier, recor
     kernel asked for is the one the model ran."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from tinyllama.model import flash_attn_unavailable_reason
+    from tinyllama.model import attn_unavailable_reason
     from tinyllama.training.metrics import device_peak_flops
 
-    attn = "flash_attention_2" if tier.cuda and flash_attn_unavailable_reason() is None else "sdpa"
+    attn = TRAIN_ATTENTION if tier.cuda else "sdpa"
+    require(attn, attn_unavailable_reason(attn))
     extra = {"attn_implementation": attn}
     if tier.cuda and device_peak_flops() is None:
         extra["peak_flops"] = 989e12  # a GPU missing from PEAK_FLOPS: MFU against an H100's peak, said in the log
@@ -134,3 +138,40 @@ def test_compile_gives_the_eager_loss(demo_paths, tmp_path, tier, record):
     assert eager["skipped_steps"] == compiled["skipped_steps"] == 0
     assert all(math.isfinite(x) for x in first["compiled"])
     assert first["compiled"][0] == pytest.approx(first["eager"][0], rel=rel)
+
+
+@pytest.mark.gpu
+def test_compile_with_document_masking_is_one_graph_with_the_eager_loss(tier, record, monkeypatch):
+    """(e) torch.compile(fullgraph=True) of the model under the run's varlen kernel with document masking: one graph
+    (transformers derives the document offsets with ``.nonzero()``/``.item()`` when they are not handed over, a
+    break in every layer; forward_loss hands them over), and the eager loss. On CPU: torch_varlen through the
+    reference of its contract (tests/gpu/gpu_tier_utils.py), which traces like the kernel's custom op."""
+    import torch._dynamo
+
+    from tinyllama.model import attn_unavailable_reason
+    from tinyllama.training.core import forward_loss
+
+    attn = TRAIN_ATTENTION if tier.cuda else "torch_varlen"
+    if tier.cuda:
+        require(attn, attn_unavailable_reason(attn))
+    else:
+        monkeypatch.setattr(pytest.importorskip("torch.nn.attention.varlen"), "varlen_attn", reference_varlen_attn)
+    model = build(tier.small_model, attn, tier).train()
+    batch = packed_batch(3, 256 if tier.cuda else 64, model.config.vocab_size)
+    with tier.autocast():
+        eager = forward_loss(model, batch, True, tier.device).item()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    try:
+        compiled = torch.compile(model, fullgraph=True)
+        with tier.autocast():
+            loss = forward_loss(compiled, batch, True, tier.device)
+        loss.backward()
+        breaks = dict(torch._dynamo.utils.counters["graph_break"])
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    record(f"{attn} + document masking, compiled", f"loss {loss.item():.6f} (eager {eager:.6f}); {graphs} graph(s), "
+                                                   f"breaks {breaks or 'none'}")
+    assert not breaks and graphs == 1
+    assert loss.item() == pytest.approx(eager, rel=5e-3 if tier.low == torch.bfloat16 else 1e-5)

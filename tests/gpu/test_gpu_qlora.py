@@ -1,7 +1,7 @@
 """(f) QLoRA: configs/chat/sft-qlora.yaml (4-bit NF4 base with double quantization through bitsandbytes, LoRA r 64 on
 every linear layer, bf16, activation checkpointing) on the chat demo's base model folder and conversations, for 3
 steps through recipes/sft.py's own main(): finite losses, a quantized base, only adapter parameters trainable, and
-the saved adapter loads onto the base with the trained weights.
+the saved adapter loads onto the base with the trained weights; the adapters train in bf16 (docs/chat.md).
 
 With TINYLLAMA_GPU_TIER_ON_CPU=1 the same run without the quantization (bitsandbytes quantizes on CUDA only, and
 the recipe refuses load_in_4bit without it): LoRA in fp32, which proves the rest of the test.
@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 
+from gpu_tier_utils import require
 from pretrain_utils import REPO, load_script
 
 
@@ -26,8 +27,8 @@ def test_qlora_trains_and_saves_an_adapter_that_loads(demo_paths, tmp_path, tier
     from tinyllama.chat import ensure_demo_assets
 
     quantized = tier.cuda
-    if quantized and importlib.util.find_spec("bitsandbytes") is None:
-        pytest.skip("bitsandbytes is not installed (pip install -r requirements-gpu.txt)")
+    if quantized:
+        require("bitsandbytes", None if importlib.util.find_spec("bitsandbytes") else "bitsandbytes is not installed")
     base, data = REPO / "data/demo/chat/base", REPO / "data/demo/chat/ultrachat_200k"
     ensure_demo_assets(str(base), str(data))
     out = tmp_path / "adapter"
@@ -66,6 +67,8 @@ def test_qlora_trains_and_saves_an_adapter_that_loads(demo_paths, tmp_path, tier
         record("4-bit linear layers", len(four_bit))
         assert four_bit and all(m.weight.quant_type == "nf4" for m in four_bit)
         assert all(m.weight.quant_state.nested for m in four_bit)  # use_bnb_nested_quant: double quantization
+        # the adapters train in bf16 (TRL's cast for a 4-bit base), as docs/chat.md and sft-qlora.yaml say
+        assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.bfloat16}
     trained = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(model).items()}
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in trained.items())  # (B starts at 0)
 

@@ -37,7 +37,8 @@ from .inference import ForwardCounter
 from .measure import heldout_preference, reply_token_ids
 from .methods import DATA_KINDS, METHODS, PREFERENCE_METHODS, ChatMethod, get_method
 from .recipe import (build_trainer, check_args, complete_trainer_checkpoints, config_file_of, config_to_card_dict,
-                     heldout_metrics, model_init_kwargs, resolve_resume, run_recipe, save_run_config, train_and_save)
+                     heldout_metrics, model_init_kwargs, reference_model, resolve_resume, run_recipe, save_run_config,
+                     train_and_save)
 from .trainers import chat_trainer_class
 from .template import (ROLES, ZEPHYR_CHAT_TEMPLATE, chat_template_from, has_generation_markers, prefix_mismatches,
                        set_pad_token, setup_tokenizer)
@@ -53,7 +54,8 @@ __all__ = [
     "heldout_preference", "reply_token_ids",
     "DATA_KINDS", "METHODS", "PREFERENCE_METHODS", "ChatMethod", "get_method",
     "build_trainer", "check_args", "complete_trainer_checkpoints", "config_file_of", "config_to_card_dict",
-    "heldout_metrics", "model_init_kwargs", "resolve_resume", "run_recipe", "save_run_config", "train_and_save",
+    "heldout_metrics", "model_init_kwargs", "reference_model", "resolve_resume", "run_recipe", "save_run_config",
+    "train_and_save",
     "chat_trainer_class",
     "ROLES", "ZEPHYR_CHAT_TEMPLATE", "chat_template_from", "has_generation_markers", "prefix_mismatches",
     "set_pad_token", "setup_tokenizer",

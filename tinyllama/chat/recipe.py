@@ -184,6 +184,8 @@ def build_trainer(method: ChatMethod | str, script_args, training_args, model_ar
         init_kwargs = {"device_map": None, **init_kwargs,
                        **({"quantization_config": quantization} if quantization is not None else {})}
     training_args.model_init_kwargs = init_kwargs
+    if method.reference != "none":  # DPO, KTO: a frozen copy of the start, in the precision the policy computes in
+        kwargs["ref_model"] = reference_model(training_args, model_args)
     trainer = chat_trainer_class(method)(**kwargs)
     config = config_to_card_dict(script_args, training_args, model_args)
     trainer.card_info = dict(method=method.name, base_model=model_args.model_name_or_path,
@@ -191,6 +193,24 @@ def build_trainer(method: ChatMethod | str, script_args, training_args, model_ar
                              adapter=model_args.use_peft)
     trainer.heldout_pairs = heldout
     return trainer
+
+
+def reference_model(training_args, model_args):
+    """The frozen reference of DPO/KTO, loaded in the precision the policy computes in (bf16 with ``bf16: true``). TRL
+    would load it with the policy's ``model_init_kwargs``: fp32 master weights, 2.2 GB more on the 1.1B model, which
+    bf16 autocast rounds at every matmul anyway. None where TRL loads none: LoRA (the adapter switched off) and
+    ``precompute_ref_log_probs`` (the reference log-probs are computed once, before training); and without mixed
+    precision (the reference is then the policy's dtype, as in TRL)."""
+    import torch
+    from trl.trainer.utils import create_model_from_path
+
+    compute = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
+    if model_args.use_peft or training_args.precompute_ref_log_probs or compute is None:
+        return None
+    kwargs = {**(training_args.model_init_kwargs or {}), "dtype": compute}
+    if training_args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+        kwargs["device_map"] = None  # (as TRL does: "auto" fails in distributed training)
+    return create_model_from_path(model_args.model_name_or_path, **kwargs)
 
 
 def heldout_metrics(trainer, suffix: str = "") -> dict:

@@ -14,6 +14,9 @@ from typing import Literal, Optional, Union
 
 from ..utils import repo_root
 
+# tinyllama.model.ATTENTION_CHOICES (this module does not import torch; tests/test_model.py keeps the two equal)
+ATTENTION_CHOICES = ("auto", "flash_attention_2", "torch_varlen", "flex_attention", "sdpa", "eager")
+
 DEMO_CONFIG = repo_root() / "configs" / "pretrain" / "demo.yaml"
 CONTINUE = "continue"  # lr_step_offset: continue = where init_from's learning-rate schedule stopped
 
@@ -47,8 +50,9 @@ class PretrainArgs:
         "projections N(0, 1/sqrt(d)/L)) or hf (transformers' N(0, 0.02) everywhere); ignored with init_from"))
     tokenizer: str = field(default="data/demo/tokenizer", metadata=_help("tokenizer folder or Hub id"))
     attn_implementation: str = field(default="auto", metadata=_help(
-        "auto | flash_attention_2 | sdpa | eager | flex_attention (flash_attention_2 falls back to sdpa, "
-        "with a warning, where it is not installed)"))
+        "auto | flash_attention_2 | torch_varlen | flex_attention | sdpa | eager: a kernel named here must be "
+        "available (else the run stops with why); auto is flash_attention_2 where flash-attn is installed, else "
+        "sdpa, and logs which (docs/testing.md, 'Attention kernels')"))
     document_masking: bool = field(default=False, metadata=_help(
         "no attention across documents in a packed sample (position_ids restart at each document; TinyLlama "
         "did not mask)"))
@@ -185,8 +189,8 @@ class PretrainArgs:
                 Path(self.init_from) / "train_state.json").is_file():
             e.append(f"'init_optimizer': {self.init_from} is not a checkpoint folder (no train_state.json); an "
                      "exported model has no optimizer state: name a checkpoints/step-N folder or drop init_optimizer")
-        if self.attn_implementation not in ("auto", "flash_attention_2", "sdpa", "eager", "flex_attention"):
-            e.append(f"'attn_implementation' must be auto, flash_attention_2, sdpa, eager or flex_attention, "
+        if self.attn_implementation not in ATTENTION_CHOICES:
+            e.append(f"'attn_implementation' must be one of {', '.join(ATTENTION_CHOICES)}, "
                      f"got {self.attn_implementation!r}")
         bad_trackers = set(self.report_to) - {"tensorboard", "wandb", "none"}
         if bad_trackers:

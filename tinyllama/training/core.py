@@ -122,13 +122,11 @@ def built_as_configured(accelerator=None):
 
 def setup_model(args, accelerator=None):
     """Build the model (fresh, from a model folder/Hub id, or from a checkpoint folder) and apply the options."""
+    check_liger(args)  # before anything loads
     with built_as_configured(accelerator):
         model = _build(args)
     model.config.use_cache = False
     if args.use_liger_kernel:
-        if importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available():
-            raise ValueError("'use_liger_kernel' needs a CUDA GPU and the liger-kernel package "
-                             "(pip install -r requirements-gpu.txt)")
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
         _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
@@ -158,16 +156,54 @@ def _build(args):
     return model
 
 
-def uses_varlen_attention(model) -> bool:
-    """Whether the model's attention kernel is a flash-attention one (flash_attention_2/3, hub kernels).
+def check_liger(args) -> None:
+    """``use_liger_kernel`` needs CUDA and liger-kernel, and is refused under DeepSpeed ZeRO-3: Liger's fused linear
+    cross-entropy reads ``lm_head.weight`` directly, outside the lm_head module's forward, where ZeRO-3 gathers it, so
+    under ZeRO-3 it would get this rank's empty shard and fail at the first step (TRL hit the same and gathers the
+    weight in its own trainers). One message before the model loads instead."""
+    if not args.use_liger_kernel:
+        return
+    if deepspeed_zero_stage() == 3:
+        raise ValueError("'use_liger_kernel' does not work under DeepSpeed ZeRO-3 (Liger's fused cross-entropy reads "
+                         "the sharded lm_head weight directly): use ZeRO-2 (configs/accelerate/deepspeed-zero2.yaml) "
+                         "or DDP, or set use_liger_kernel: false")
+    if importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available():
+        raise ValueError("'use_liger_kernel' needs a CUDA GPU and the liger-kernel package "
+                         "(pip install -r requirements-gpu.txt)")
 
-    transformers treats position ids as packed sequences in those kernels only when the batch has ONE row
-    (``_is_packed_sequence`` in modeling_flash_attention_utils returns False for batch_size != 1), while its
-    sdpa/eager/flex masks read packed position ids row by row (``find_packed_sequence_indices`` in masking_utils)."""
+
+def deepspeed_zero_stage() -> int | None:
+    """The ZeRO stage of this process's DeepSpeed setup (accelerate's, made by the Accelerator), or None."""
+    from accelerate.state import AcceleratorState
+
+    if not AcceleratorState._shared_state:  # no Accelerator yet: (AcceleratorState() would make a default one)
+        return None
+    plugin = AcceleratorState().deepspeed_plugin
+    return None if plugin is None else int(plugin.zero_stage)
+
+
+def uses_varlen_attention(model) -> bool:
+    """Whether the model's attention kernel takes packed sequences as ``cu_seq_lens`` (flash_attention_2/3, hub
+    flash kernels, torch_varlen) rather than as a mask built from the position ids (sdpa, eager, flex_attention)."""
     from accelerate.utils import extract_model_from_parallel
 
     config = getattr(extract_model_from_parallel(model), "config", None)
-    return "flash" in str(getattr(config, "_attn_implementation", ""))
+    attn = str(getattr(config, "_attn_implementation", ""))
+    return "flash" in attn or attn == "torch_varlen"
+
+
+def packed_sequence_kwargs(position_ids: torch.Tensor, device) -> dict:
+    """``cu_seq_lens_q/k`` and ``max_length_q/k`` of the documents of a micro-batch read as one sequence of B*T
+    tokens: a document starts where its position id is 0, and every sample starts one. Computed from the loader's
+    position ids on the host, so the model needs no ``.nonzero()``/``.item()`` of its own (transformers derives them
+    that way when they are missing: a device sync per step, and a graph break under torch.compile) and flash
+    attention needs no batch flattened to one row."""
+    starts = position_ids.cpu() == 0
+    starts[:, 0] = True
+    offsets = torch.cat([starts.reshape(-1).nonzero().flatten(), torch.tensor([starts.numel()])]).to(torch.int32)
+    longest = int((offsets[1:] - offsets[:-1]).max())
+    offsets = offsets.to(device, non_blocking=True)
+    return {"cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets, "max_length_q": longest, "max_length_k": longest}
 
 
 def model_inputs(batch: dict, document_masking: bool, device, varlen: bool = False) -> dict:
@@ -176,19 +212,18 @@ def model_inputs(batch: dict, document_masking: bool, device, varlen: bool = Fal
     Inputs are tokens 0..T-1 and targets 1..T (TinyLlama's layout), passed as ``shift_labels`` (already aligned),
     so the model's own loss function is used and Liger's fused linear cross-entropy can replace it. With document
     masking the position ids restart at each document (and at each sample); transformers turns them into a
-    block-diagonal causal mask (sdpa, eager, flex) or varlen flash attention, so no token attends across a document
-    boundary. For a flash-attention kernel (``varlen``) the micro-batch is flattened into one row of B*T tokens:
-    only then does transformers see the packing (each sample starts at position 0, so sample boundaries are
-    boundaries too). The loss is the same mean over the same B*T targets either way.
+    block-diagonal causal mask (sdpa, eager, flex), and a varlen kernel (``varlen``: flash_attention_2,
+    torch_varlen) is handed the document boundaries themselves (``packed_sequence_kwargs``), so no token attends
+    across a document boundary. The loss is the same mean over the same B*T targets whatever the kernel.
     """
     ids = batch["input_ids"].to(device, non_blocking=True)
     inputs, targets = ids[:, :-1], ids[:, 1:].contiguous()
     kwargs = {"input_ids": inputs, "labels": targets, "shift_labels": targets, "use_cache": False}
     if document_masking:
-        kwargs["position_ids"] = batch["position_ids"][:, :-1].to(device, non_blocking=True)
+        positions = batch["position_ids"][:, :-1]
+        kwargs["position_ids"] = positions.to(device, non_blocking=True)
         if varlen:
-            for key in ("input_ids", "labels", "shift_labels", "position_ids"):
-                kwargs[key] = kwargs[key].reshape(1, -1)
+            kwargs.update(packed_sequence_kwargs(positions, device))
     return kwargs
 
 

@@ -30,8 +30,15 @@ def device_peak_flops(override: float | None = None) -> float | None:
     return next((flops for key, flops in PEAK_FLOPS if key in name), None)
 
 
+def synchronize_device() -> None:
+    """Wait until the device has run the work queued so far. CUDA runs asynchronously: a host clock read without
+    this measures when the steps were queued, not when they ran (and the next interval inherits the difference)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class Throughput:
-    """Tokens/s and MFU over the steps since the last ``read``."""
+    """Tokens/s and MFU over the steps since the last ``read``, timed from device-synchronised clock reads."""
 
     def __init__(self, flops_per_token: float, num_devices: int, peak_flops: float | None):
         self.flops_per_token = flops_per_token
@@ -40,6 +47,7 @@ class Throughput:
         self.reset()
 
     def reset(self) -> None:
+        synchronize_device()
         self.start = time.perf_counter()
         self.tokens = 0
 
@@ -47,6 +55,7 @@ class Throughput:
         self.tokens += tokens
 
     def read(self) -> dict:
+        synchronize_device()
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         tps = self.tokens / elapsed
         out = {"tokens_per_sec": tps, "tokens_per_sec_per_device": tps / self.num_devices}
