@@ -87,10 +87,11 @@ def delays(seed: int, n: int) -> list[float]:
 
 
 def test_pretrain_kill_points_fast(tmp_path, reference):
-    """CI: mid-step, mid-checkpoint, mid-export, mid-upload and one random moment; resumed exactly."""
-    landed = run_chain(tmp_path, reference, ["kill@step:6", "kill@checkpoint:1", "kill@export:1",
-                                             "kill@upload:1", *delays(0, 1)], "fast")
-    assert landed >= 4
+    """CI: mid-step, mid-checkpoint, mid-export and mid-upload; resumed exactly. (Random moments need a calibration
+    launch first: they are make faults' test_pretrain_kill_points_random.)"""
+    landed = run_chain(tmp_path, reference, ["kill@step:6", "kill@checkpoint:1", "kill@export:1", "kill@upload:1"],
+                       "fast")
+    assert landed == 4
 
 
 @pytest.mark.faults_full

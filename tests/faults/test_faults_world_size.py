@@ -25,9 +25,10 @@ def one_process(resume_one_process):
     return resume_one_process
 
 
-@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3-init"])
 def test_two_processes_train_as_one_and_resume_bitwise(engine, tmp_path, one_process, resume_two_processes):
-    """The make-test check of ZeRO-3 (tests/test_pretrain_distributed.py), for DDP and ZeRO-2."""
+    """Two processes train as one and resume on two bitwise (make test keeps one case per engine:
+    tests/test_pretrain_distributed.py)."""
     from test_pretrain_distributed import trains_as_one_and_resumes_bitwise
 
     trains_as_one_and_resumes_bitwise(engine, tmp_path, one_process, resume_two_processes)
