@@ -240,8 +240,15 @@ def prompts(demo_paths) -> list[str]:
     return out
 
 
+NEAR_TIE = 0.01  # logits this close are a tie at f16 precision (about 3 significant digits at the demo's ~6)
+
+
 @llama
 def test_demo_f16_greedy_equals_transformers(demo_model, demo_f16, demo_paths):
+    """llama.cpp's greedy continuation of the f16 GGUF equals transformers' (fp32), token for token, except where the
+    two first part at a near-tie: there transformers' own logits of the two tokens are within NEAR_TIE (seen: 2.7e-4
+    and 7e-4 apart on the demo model; f16 rounding decides such a tie either way). A wrong tensor layout, RoPE or
+    norm parts with logits far apart at once; at most 2 of the 32 prompts may part at a tie."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(demo_model))
@@ -249,7 +256,7 @@ def test_demo_f16_greedy_equals_transformers(demo_model, demo_f16, demo_paths):
     llm = load_gguf(demo_f16, n_ctx=256)
     texts = prompts(demo_paths)
     assert len(texts) >= 32
-    mismatches = []
+    mismatches, ties = [], []
     for text in texts:
         hf_ids = tokenizer(text)["input_ids"]
         cpp_ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
@@ -264,9 +271,15 @@ def test_demo_f16_greedy_equals_transformers(demo_model, demo_f16, demo_paths):
             cpp_new.append(token)
             if len(cpp_new) == NEW_TOKENS:
                 break
-        if hf_new != cpp_new:
-            mismatches.append((text, hf_new, cpp_new))
+        if hf_new == cpp_new:
+            continue
+        at = next(i for i, (a, b) in enumerate(zip(hf_new, cpp_new)) if a != b)
+        with torch.no_grad():  # transformers' logits where the two part
+            logits = model(torch.tensor([hf_ids + hf_new[:at]])).logits[0, -1]
+        gap = (logits[hf_new[at]] - logits[cpp_new[at]]).item()
+        (ties if gap < NEAR_TIE else mismatches).append((text, at, gap, hf_new, cpp_new))
     assert not mismatches, f"{len(mismatches)} of {len(texts)} greedy continuations differ; first: {mismatches[0]}"
+    assert len(ties) <= 2, ties
 
 
 def heldout_windows(demo_model) -> list[list[int]]:
