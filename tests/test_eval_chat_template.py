@@ -11,7 +11,7 @@ from tinyllama import chat
 from tinyllama import evaluation as ev
 from tinyllama.chat.demo import build_base_model
 
-pytestmark = pytest.mark.slow  # two lm-eval runs; make test-fast skips it
+pytestmark = pytest.mark.slow  # an lm-eval run; make test-fast skips it
 
 ARC = [  # allenai/ai2_arc, config ARC-Easy (the schema lm-eval's arc_easy reads)
     {"id": "Mercury_417466", "question": "Which statement best explains why photosynthesis is the foundation of most "
@@ -38,10 +38,9 @@ def evaluated(tmp_path_factory, demo_paths):
     suite.write_text("description: one task, one shot, scored as chat\nchat_template: true\n"
                      "tasks:\n  - {task: arc_easy, label: ARC-e, num_fewshot: 1, metric: acc}\n")
     out = tmp / "eval"
-    folders = {name: ev.run(model, suite, out, limit=2, data_dir=tmp / "data", batch_size=2, dtype="float32",
-                            extra_args=["--seed", "0"])
-               for name, model in (("chat", chat_model), ("base", base))}
-    return {"folders": folders, "out": out, "base": base, "suite": suite}
+    folders = {"chat": ev.run(chat_model, suite, out, limit=2, data_dir=tmp / "data", batch_size=2, dtype="float32",
+                              extra_args=["--seed", "0"])}
+    return {"folders": folders, "out": out, "base": base, "chat_model": chat_model, "suite": suite}
 
 
 def _contexts(folder):
@@ -61,12 +60,17 @@ def test_a_chat_model_is_prompted_through_its_template_with_the_shot_as_a_turn(e
     assert all("--apply_chat_template" in c and "--fewshot_as_multiturn" in c for c in info["commands"])
 
 
-def test_a_base_model_is_prompted_raw_and_says_why(evaluated):
-    for text in _contexts(evaluated["folders"]["base"]):
-        assert "<|user|>" not in text and "<|assistant|>" not in text and text.startswith("Question: ")
-    info = json.loads((evaluated["folders"]["base"] / ev.RUN_INFO_FILE).read_text())
-    assert info["chat_template"] is False and "the model has none" in info["prompts"]
-    assert not any("--apply_chat_template" in c for c in info["commands"])
+def test_a_base_model_is_prompted_raw_and_says_why(evaluated, tmp_path):
+    """The same suite (it asks for the chat template) on a base model, which has none: the runner leaves lm-eval's
+    raw prompts (lm-eval's default; tests/test_eval_run.py reads those contexts from lm-eval's samples) and says why.
+    Decided before lm-eval runs, so checked without running it a second time."""
+    suite, model = ev.load_suite(evaluated["suite"]), ev.resolve_model(evaluated["base"])
+    use_template, prompts = ev.prompt_format(suite, model, None)
+    assert use_template is False and "the model has none" in prompts
+    commands = ev.lm_eval_commands(model, suite.tasks, tmp_path, chat_template=use_template)
+    assert commands and not any("--apply_chat_template" in c or "--fewshot_as_multiturn" in c for c in commands)
+    # the chat model under the same suite is prompted through its template (the first test reads lm-eval's samples)
+    assert ev.prompt_format(suite, ev.resolve_model(evaluated["chat_model"]), None)[0] is True
 
 
 def test_the_report_marks_the_chat_template_rows(evaluated):
@@ -79,8 +83,8 @@ def test_the_report_marks_the_chat_template_rows(evaluated):
                         str(evaluated["out"] / "report")], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 0, p.stderr
-    rows = [line for line in p.stdout.splitlines() if line.startswith("| chat-model") or line.startswith("| base-")]
-    assert [r.split(" | ")[0] for r in sorted(rows)] == ["| base-model†", "| chat-model† (chat)"]
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| chat-model")]
+    assert [r.split(" | ")[0] for r in rows] == ["| chat-model† (chat)"]  # (a base model's row: no mark, test_eval_run)
     assert "(chat): prompts built with the model's chat template" in p.stdout
 
 

@@ -164,6 +164,7 @@ def test_prepare_killed_mid_shard_resumes_identically(tmp_path, prep_reference):
     assert prep_chain(tmp_path, prep_reference, ["kill@shard:2", "kill@shard_add:3"]) == 2
 
 
+@pytest.mark.faults_full  # (make test: tests/test_data_prepare.py's killed preparation)
 def test_prepare_worker_killed_stops_clearly_and_the_rerun_resumes_identically(tmp_path):
     """A tokenizer worker killed from outside (the out-of-memory killer) used to hang the run forever
     (multiprocessing.Pool loses the task); now the run stops at once with exit 3 and a message, and the same

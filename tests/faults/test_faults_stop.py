@@ -111,6 +111,7 @@ def test_hub_500_is_retried(tmp_path):
     record("hub_500_retried", **{k: summary[k] for k in ("hub_uploaded", "hub_attempts", "seconds")})
 
 
+@pytest.mark.faults_full  # (make test: tests/test_pretrain.py's Hub retry and outage)
 def test_hub_hanging_does_not_hold_the_run(tmp_path):
     with RecordingHub(hang=True) as hub:
         summary, err = hub_run(tmp_path, hub.url, wait="3")

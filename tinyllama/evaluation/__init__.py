@@ -41,7 +41,7 @@ from .models import (  # noqa: F401
     resolve_model, model_chat_template,
 )
 from .offline import _SPLIT_KEYS, _BUILDERS, leaf_tasks, _find_split_files, write_offline_tasks  # noqa: F401
-from .runner import _device_defaults, _clean_env, LmEvalError, lm_eval_commands, _prompt_format, run  # noqa: F401
+from .runner import _device_defaults, _clean_env, LmEvalError, lm_eval_commands, prompt_format, run  # noqa: F401
 from .results import load_results, clean_metrics, pick_metric, summarize, run_suite  # noqa: F401
 from .perplexity import load_texts, perplexity_metric, run_perplexity  # noqa: F401
 from .cli import USAGE, _truthy, _chat_template_setting, _cli_run, _cli_perplexity, main  # noqa: F401

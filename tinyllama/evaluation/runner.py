@@ -77,7 +77,7 @@ def lm_eval_commands(model: ResolvedModel, tasks: Sequence[SuiteTask], result_di
     return cmds
 
 
-def _prompt_format(suite: Suite, model: ResolvedModel, asked: bool | None) -> tuple[bool, str]:
+def prompt_format(suite: Suite, model: ResolvedModel, asked: bool | None) -> tuple[bool, str]:
     """(apply the chat template?, how the prompts were built, in words for run_info.json and the report)."""
     if asked is False or (asked is None and not suite.chat_template):
         return False, "raw prompts"
@@ -125,7 +125,7 @@ def run(model: str | os.PathLike, suite: str | os.PathLike = DEFAULT_SUITE, out:
             f"and opt in with ALLOW_CODE_EXECUTION=1 (run_suite(..., allow_code_execution=True)), or leave "
             f"those tasks out with EVAL_TASKS")
     resolved = resolve_model(model)
-    use_template, prompts = _prompt_format(suite_obj, resolved, chat_template)
+    use_template, prompts = prompt_format(suite_obj, resolved, chat_template)
     index = lm_eval_task_index()  # (a few seconds, but before the model loads or anything is written)
     unknown = [t.task for t in selected if t.task not in index]
     if unknown:
