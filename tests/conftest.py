@@ -57,20 +57,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="module")
-def both_cores(tmp_path_factory):
-    """Held (a file lock shared by the pytest-xdist workers) by the modules whose tests keep both cores busy
-    themselves: several training processes under accelerate launch, or lm-eval's script beside an in-process run.
-    Two of them side by side oversubscribe the 2-core machine, and gloo's collectives wait for a rank that is not
-    running: ZeRO-3's 2-process run took 92 s beside another such module and 12 s alone."""
-    import fcntl
-
-    with open(tmp_path_factory.getbasetemp().parent / "both-cores.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-        fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 @pytest.fixture(scope="session")
 def demo_paths():
     """The embedded demo corpus and tokenizer, built once per session into the repo's data/demo (a cache:

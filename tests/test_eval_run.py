@@ -145,7 +145,7 @@ def make_export(run_dir: Path, step: int, tokens: int, seed: int, tokenizer) -> 
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, demo_tokenizer, both_cores):  # (the script beside an in-process run)
+def evaluated(tmp_path_factory, demo_tokenizer):
     """Two checkpoints of one run: the first through the script (given as a training checkpoint path), the
     second through run_suite, the pretraining loop's call."""
     root = tmp_path_factory.mktemp("eval")

@@ -15,7 +15,7 @@ from fault_utils import same_weights, tree_hashes
 from pretrain_utils import (REPO, RESUME_RUN, accelerate_launch, cut_at, fsdp2_worker, launch_pretrain, logged,
                             losses, write_config)
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("both_cores")]  # (tests/conftest.py)
+pytestmark = pytest.mark.slow
 
 CONFIG = RESUME_RUN
 FINAL = "export/final/model.safetensors"
