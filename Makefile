@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo test test-fast test-bench test-gguf test-interop test-gpu test-gpu-wheels faults clean
+.PHONY: install lint demo test test-fast test-bench test-gguf test-interop test-gpu test-gpu-wheels faults clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# the linter, configured in pyproject.toml ([tool.ruff]); .ci/run calls it before the tests
+lint: install
+	$(VENV)/bin/ruff check tinyllama recipes scripts evaluation tests
 
 # the v1.1 chain on the demo (basic -> continual -> cooldown, then the summary table and plot in outputs/demo-v1.1);
 # e.g. make demo DEMO_ARGS='--variant chinese --with-chat'. A second run skips the finished stages.

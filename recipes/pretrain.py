@@ -27,11 +27,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from tinyllama.checkpoints import accelerator_format, resume_source
 from tinyllama.config import config_to_dict, parse_config
 from tinyllama.data import DistributedStepSampler, MixtureDataset, parse_mixture, prepare_data, validation_dataset
 from tinyllama.model import count_parameters, flops_per_token
 from tinyllama.training.args import DEMO_CONFIG, PretrainArgs, require_resolved, require_same_run
-from tinyllama.training.checkpoint import accelerator_format, resume_source
+from tinyllama.evaluation import export_hook
 from tinyllama.training.checkpointer import Checkpointer
 from tinyllama.training.core import (fill_deepspeed_config, forward_loss, is_deepspeed, make_accelerator,
                                      setup_model, train_step)
@@ -114,7 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- resume this run, or start from other weights (after prepare: the state is loaded into its wrappers) ----
     metrics = MetricsLog(accelerator, run_dir / "logs")
-    checkpointer = Checkpointer(accelerator, args, model, tokenizer, run_dir, n_params, metrics)
+    # each export is evaluated by the suite (blocking; for long suites on big runs, run evaluation/run_lm_eval.sh on
+    # the exports as a separate job instead)
+    on_export = [export_hook(args.eval_suite, run_dir / "eval", limit=args.eval_limit,
+                             data_dir=args.eval_data_dir)] if args.eval_suite else []
+    checkpointer = Checkpointer(accelerator, args, model, tokenizer, run_dir, n_params, metrics, on_export)
     state = checkpointer.resume_or_init(resume_from)
     resolved = config_to_dict(args)  # (never holds the Hub token)
     if accelerator.is_main_process:

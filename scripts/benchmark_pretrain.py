@@ -207,7 +207,7 @@ def bare_loop(a, cfg) -> float:
                              sampler=DistributedStepSampler(0, cfg.global_batch_size, 0, 1)))
     accum = cfg.global_batch_size // cfg.micro_batch_size
     times = []
-    for step in range(a.overhead_steps):
+    for _step in range(a.overhead_steps):
         t0 = time.perf_counter()
         for _ in range(accum):
             ids = next(loader)["input_ids"]

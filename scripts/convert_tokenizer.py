@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample_size", type=int, default=200, help="documents of each kind in the agreement sample")
     a = p.parse_args(argv)
     setup_logging()
-    from tinyllama.tokenizer import builtin_sample, compare_with_sentencepiece, load_proto, save_tokenizer_folder, \
+    from tinyllama.demo import builtin_sample
+    from tinyllama.tokenizer import compare_with_sentencepiece, load_proto, save_tokenizer_folder, \
         sentencepiece_processor
 
     model_file, folder = _source(a.source)

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from transformers import AutoTokenizer
 
-    from tinyllama.tokenizer import builtin_sample, compare_with_sentencepiece, sentencepiece_processor
+    from tinyllama.demo import builtin_sample
+    from tinyllama.tokenizer import compare_with_sentencepiece, sentencepiece_processor
     from tinyllama.vocab import read_texts
 
     if not Path(a.sentencepiece).is_file():

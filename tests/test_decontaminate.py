@@ -292,7 +292,7 @@ def test_report_sums_a_group_over_its_leaf_tasks_and_follows_init_from(report, t
 
 
 def test_exports_record_the_training_data_folder(tmp_path):
-    from tinyllama.training.checkpoint import TrainState
+    from tinyllama.checkpoints import TrainState
     from tinyllama.training.checkpointer import Checkpointer
 
     args = SimpleNamespace(stage="pretrain", run_name="r", mixture={"web": 1.0}, init_from=None,

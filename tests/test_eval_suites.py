@@ -194,9 +194,8 @@ def test_resolve_model_folder_run_export_and_checkpoint(tmp_path):
     assert (r.run_dir, r.tokens_seen, r.step) == (None, None, None) and r.default_out() == ev.DEFAULT_OUT
 
 
-def test_checkpoint_without_export_is_exported_with_the_training_hook(tmp_path, monkeypatch):
-    import sys
-    import types
+def test_checkpoint_without_export_is_exported_with_the_run_folders_own_code(tmp_path, monkeypatch):
+    import tinyllama.checkpoints
 
     ckpt = tmp_path / "run" / "checkpoints" / "step-000300"
     ckpt.mkdir(parents=True)
@@ -207,9 +206,7 @@ def test_checkpoint_without_export_is_exported_with_the_training_hook(tmp_path, 
         _model_folder(Path(out_dir), tokens=1000, step=300)
         return Path(out_dir)
 
-    fake = types.ModuleType("tinyllama.training")
-    fake.export_checkpoint = export_checkpoint
-    monkeypatch.setitem(sys.modules, "tinyllama.training", fake)
+    monkeypatch.setattr(tinyllama.checkpoints, "export_checkpoint", export_checkpoint)
     r = ev.resolve_model(ckpt)
     assert calls == [(ckpt.resolve(), ckpt.resolve().parent.parent / "export" / "step-000300")]
     assert (r.name, r.tokens_seen, r.step) == ("step-000300", 1000, 300)

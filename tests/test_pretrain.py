@@ -59,7 +59,7 @@ def test_exports_carry_the_sentencepiece_model_that_agrees_with_their_tokenizer(
     from transformers import AutoTokenizer
 
     from tinyllama.tokenizer import compare_with_sentencepiece
-    from tinyllama.training.checkpoint import export_checkpoint
+    from tinyllama.checkpoints import export_checkpoint
 
     run = baseline[0]
     source = (demo_paths["tokenizer"] / "tokenizer.model").read_bytes()

@@ -83,7 +83,7 @@ def test_a_full_disk_during_a_checkpoint_is_named_and_keeps_the_previous_one(tmp
     names the failed and the intact checkpoint, and the partial folder is removed."""
     import json as _json
 
-    from tinyllama.training.checkpoint import TrainState, save_checkpoint
+    from tinyllama.checkpoints import TrainState, save_checkpoint
 
     class Accel:  # just what save_checkpoint asks of accelerate, with a disk that fills up
         is_main_process = True
@@ -111,10 +111,10 @@ def test_a_full_disk_during_a_checkpoint_is_named_and_keeps_the_previous_one(tmp
 
 
 def test_resume_source_by_engine_and_number_of_processes(tmp_path):
-    """What a resume reads (tinyllama.training.checkpoint.resume_source), from the files accelerate wrote: DDP and
+    """What a resume reads (tinyllama.checkpoints.resume_source), from the files accelerate wrote: DDP and
     FSDP checkpoints on any number of processes as they are; DeepSpeed's on another number only through its universal
     conversion, else one message naming the converter; another engine's never."""
-    from tinyllama.training.checkpoint import ResumeSource, resume_source
+    from tinyllama.checkpoints import ResumeSource, resume_source
 
     def checkpoint(kind: str, ranks: int):
         root = tmp_path / kind / "checkpoints"

@@ -5,7 +5,6 @@ AutoTokenizer."""
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 

@@ -114,6 +114,19 @@ def chinese_documents(n: int = 1200, seed: int = 0) -> list[str]:
     return docs
 
 
+def builtin_sample(max_per_kind: int | None = None) -> dict[str, list[str]]:
+    """Texts that need no network, by kind, to measure a tokenizer on (scripts/convert_tokenizer.py,
+    scripts/tokenizer_fidelity.py): ``code`` (this Python's standard-library modules), ``prose`` (its reference
+    manual's topics), ``chinese`` and ``math`` (the demo corpus's), ``edge cases`` (``tokenizer.EDGE_CASES``)."""
+    from .tokenizer import EDGE_CASES
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    code = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(lib.glob("*.py"))]
+    kinds = {"code": code, "prose": prose_documents(), "chinese": chinese_documents(300), "math": math_documents(300),
+             "edge cases": list(EDGE_CASES)}
+    return {k: v[:max_per_kind] for k, v in kinds.items()}
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 

@@ -11,7 +11,8 @@ standard-library files and 181 of 191 prose documents (docs/data.md, "Tokenizer 
   reproduces SentencePiece's ids; :func:`save_tokenizer_folder` saves it (with ``tokenizer.model`` copied in) as a
   folder that ``AutoTokenizer.from_pretrained`` loads unchanged.
 - :func:`compare_with_sentencepiece` measures how far a fast tokenizer is from SentencePiece on some texts.
-- :func:`check_preparation_tokenizer` is the guard data preparation runs before writing any shard.
+- :func:`check_tokenizer` is the guard data preparation runs before writing any shard
+  (``tinyllama.data.prepare.check_preparation_tokenizer`` gives it the first documents of each source).
 """
 
 from __future__ import annotations
@@ -344,20 +345,6 @@ EDGE_CASES = [
 ] + [t for n in (3, 7, 11, 17, 21, 33) for t in ("x" + " " * n + "y", "\n" + " " * n + "return")]
 
 
-def builtin_sample(max_per_kind: int | None = None) -> dict[str, list[str]]:
-    """Texts that need no network, by kind: ``code`` (this Python's standard-library modules), ``prose`` (its
-    reference manual's topics), ``chinese`` and ``math`` (the demo corpus's), ``edge cases`` (above)."""
-    import sysconfig
-
-    from .demo import chinese_documents, math_documents, prose_documents
-
-    lib = Path(sysconfig.get_paths()["stdlib"])
-    code = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(lib.glob("*.py"))]
-    kinds = {"code": code, "prose": prose_documents(), "chinese": chinese_documents(300), "math": math_documents(300),
-             "edge cases": list(EDGE_CASES)}
-    return {k: v[:max_per_kind] for k, v in kinds.items()}
-
-
 # ---- the guard of data preparation ------------------------------------------------------------------------------
 
 
@@ -393,23 +380,3 @@ def check_tokenizer(name: str, texts: Sequence[str], tokenizer=None) -> Agreemen
     log.info("tokenizer %s: tokenizer.json agrees with its %s on %d sampled documents (%d tokens)", name,
              SENTENCEPIECE_FILE, result.documents, result.tokens_sentencepiece)
     return result
-
-
-def check_preparation_tokenizer(name: str, tokenizer_json: str, readers, per_source: int = 64) -> Agreement | None:
-    """The guard data preparation runs before writing anything: :func:`check_tokenizer` on the first
-    ``per_source`` documents of each source (``readers``: ``tinyllama.data.readers.SourceReader``s), encoded with
-    the serialized fast tokenizer the workers will use."""
-    import itertools
-
-    from tokenizers import Tokenizer
-
-    from .data.readers import Position
-
-    if sentencepiece_file_of(name) is None:
-        return check_tokenizer(name, [])  # logs that nothing is checked
-    texts = []
-    for reader in readers:
-        rows = reader.rows(Position())
-        texts += itertools.islice((text for text, _, _ in rows if text), per_source)
-        rows.close()
-    return check_tokenizer(name, texts, Tokenizer.from_str(tokenizer_json))

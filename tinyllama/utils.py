@@ -14,6 +14,13 @@ from pathlib import Path
 TMP_PREFIX = ".tmp-"
 
 
+
+def offline(datasets: bool = False) -> bool:
+    """The one answer to "may the Hugging Face Hub be reached?": False when HF_HUB_OFFLINE (or transformers' older
+    TRANSFORMERS_OFFLINE) is set to 1/true/yes/on; with ``datasets``, HF_DATASETS_OFFLINE counts too."""
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") + (("HF_DATASETS_OFFLINE",) if datasets else ())
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in names)
+
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
@@ -146,7 +153,7 @@ def entry_point(fn):
 def lazy_exports(package: str, exports: dict[str, str]):
     """A package's ``__getattr__`` and ``__dir__`` that import ``name`` from its module ``exports[name]`` on first use
     (so importing the package imports none of its modules: tokenizer workers never load torch, and
-    ``from tinyllama.training import export_checkpoint`` does not load accelerate)."""
+    ``from tinyllama.training import PretrainArgs`` does not load accelerate)."""
     import importlib
 
     def __getattr__(name: str):

@@ -84,7 +84,7 @@ def install(spec: str) -> None:
 
         wrap(Accelerator, "save_state", before=False)
     elif point == "export":
-        import tinyllama.training.checkpoint as ckpt
+        import tinyllama.checkpoints as ckpt
 
         original = ckpt.atomic_write_text
 

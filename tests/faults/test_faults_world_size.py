@@ -36,8 +36,8 @@ def test_two_processes_train_as_one_and_resume_bitwise(engine, tmp_path, one_pro
 
 
 def convert_to_universal(checkpoint) -> None:
-    """The command the refusal names (tinyllama.training.checkpoint.universal_command), run as a user would."""
-    from tinyllama.training.checkpoint import universal_command
+    """The command the refusal names (tinyllama.checkpoints.universal_command), run as a user would."""
+    from tinyllama.checkpoints import universal_command
 
     args = universal_command(checkpoint).split()[1:]
     proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)

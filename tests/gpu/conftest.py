@@ -11,7 +11,7 @@ the log of a GPU session records them.
 import pytest
 import torch
 
-from gpu_tier_utils import ON_CPU, Tier, current_tier
+from gpu_tier_utils import Tier, current_tier
 
 _RECORDS: list[tuple[str, str, object]] = []
 

@@ -8,9 +8,10 @@ collator that masks pad ids then also masks EOS, and the model never learns to s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable
+
+from ..utils import offline
 
 # Zephyr's template as TinyLlama-Chat-v1.0 ships it renders
 #   <|system|>\n{system}</s>\n<|user|>\n{user}</s>\n<|assistant|>\n{assistant}</s>\n
@@ -73,10 +74,9 @@ def setup_tokenizer(name_or_path: str, *, chat_template: str | None = "zephyr", 
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision,
                                                   trust_remote_code=trust_remote_code)
     except OSError as e:
-        offline = " (HF_HUB_OFFLINE is set: a Hub id must already be in the local cache)" \
-            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
+        hint = " (HF_HUB_OFFLINE is set: a Hub id must already be in the local cache)" if offline() else ""
         raise ValueError(f"model_name_or_path / tokenizer_name_or_path: cannot load the tokenizer of "
-                         f"{name_or_path!r}{offline}: {str(e).splitlines()[0]}") from None
+                         f"{name_or_path!r}{hint}: {str(e).splitlines()[0]}") from None
     if tokenizer.eos_token is None:
         raise ValueError(f"tokenizer of {name_or_path} has no EOS token; a chat model needs one to stop")
     template = chat_template_from(chat_template)

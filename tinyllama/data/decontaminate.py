@@ -203,7 +203,7 @@ class TestIndex:
             raise ValueError(f"n-gram size must be an integer >= 1, got {n!r}")
         all_hashes, all_tasks, all_items = [], [], []
         counts, short = [], []
-        for t, (name, texts) in enumerate(items.items()):
+        for t, texts in enumerate(items.values()):
             counts.append(len(texts))
             k_short = 0
             for i, text in enumerate(texts):

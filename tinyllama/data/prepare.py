@@ -31,7 +31,7 @@ from typing import Any, Iterator, Literal, Optional
 import numpy as np
 
 from ..config import parse_config
-from ..tokenizer import check_preparation_tokenizer
+from ..tokenizer import Agreement, check_tokenizer, sentencepiece_file_of
 from ..utils import TMP_PREFIX, RunStopped
 from .dedup import INDEX_FILE, DedupSettings
 from .readers import Position, SourceReader, SourceSpec
@@ -165,6 +165,24 @@ class PrepareConfig:
         """What only decides where shards are cut: changing it changes file boundaries, never the token streams
         that readers see (which concatenate the shards), so it may differ between a run and its resumption."""
         return {"shard_tokens": self.shard_tokens, "batch_rows": self.batch_rows, "batch_bytes": self.batch_bytes}
+
+
+def check_preparation_tokenizer(name: str, tokenizer_json: str, readers: list[SourceReader],
+                                per_source: int = 64) -> Agreement | None:
+    """The guard preparation runs before writing anything: ``tokenizer.check_tokenizer`` on the first
+    ``per_source`` documents of each source, encoded with the serialized fast tokenizer the workers will use."""
+    import itertools
+
+    from tokenizers import Tokenizer
+
+    if sentencepiece_file_of(name) is None:
+        return check_tokenizer(name, [])  # logs that nothing is checked
+    texts = []
+    for reader in readers:
+        rows = reader.rows(Position())
+        texts += itertools.islice((text for text, _, _ in rows if text), per_source)
+        rows.close()
+    return check_tokenizer(name, texts, Tokenizer.from_str(tokenizer_json))
 
 
 def prepare_data(args: list[str] | None = None) -> Path:

@@ -15,11 +15,12 @@ import glob
 import gzip
 import io
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+from ..utils import offline
 
 LOCAL_FORMATS = ("jsonl", "json", "parquet", "txt")
 FORMATS = ("auto", "hub") + LOCAL_FORMATS
@@ -288,9 +289,7 @@ class SourceReader:
         if self.hub:
             if not _HUB_ID.match(spec.path) and spec.path not in ("json", "parquet", "text", "csv"):
                 raise FileNotFoundError(f"source '{spec.name}': path not found: {spec.path}")
-            from .tokenize import _offline
-
-            if _offline() or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            if offline(datasets=True):
                 raise ValueError(
                     f"source '{spec.name}': {spec.path!r} is not a local path, so it would be streamed from the "
                     f"Hugging Face Hub, but offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE). Go online, "

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ..utils import offline
+
 
 @dataclass(frozen=True)
 class TokenizerInfo:
@@ -40,18 +42,6 @@ class TokenizerInfo:
                 "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id}
 
 
-def _offline() -> bool:
-    try:
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE:
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def load_tokenizer(name_or_path: str) -> TokenizerInfo:
     """Load a fast tokenizer (local folder or Hub id) and describe it; clear errors for the usual mistakes."""
     from transformers import AutoTokenizer
@@ -63,7 +53,7 @@ def load_tokenizer(name_or_path: str) -> TokenizerInfo:
         if local:
             raise ValueError(f"tokenizer {name_or_path!r}: cannot load the folder: {e}") from None
         hint = (" Offline mode is on (HF_HUB_OFFLINE=1) and it is not in the Hugging Face cache: download it once "
-                "online, or name a local tokenizer folder." if _offline() else
+                "online, or name a local tokenizer folder." if offline() else
                 " Check the Hub id (and `huggingface-cli login` for a gated repo), or name a local tokenizer folder.")
         raise ValueError(f"tokenizer {name_or_path!r}: not a local folder and could not be loaded from the Hub.{hint}"
                          ) from None

@@ -7,7 +7,7 @@ order the work flows:
   and the published reference scores, checked against the installed lm-eval;
 - ``models.py``: resolves MODEL: a model folder (``config.json`` + ``*.safetensors`` + tokenizer), a training
   checkpoint (``outputs/<run>/checkpoints/step-N`` -> its ``outputs/<run>/export/step-N``, exported on the fly
-  with ``tinyllama.training.export_checkpoint`` when missing) or a Hub id;
+  with ``tinyllama.checkpoints.export_checkpoint`` when missing) or a Hub id;
 - ``offline.py``: optionally points the suite's tasks at local data files (:func:`write_offline_tasks`: a
   generated task YAML ``include``s lm-eval's installed YAML and overrides only the data source);
 - ``runner.py``: runs ``python -m lm_eval run`` (lm-eval's own CLI, one call per shot count) into
@@ -42,6 +42,6 @@ from .models import (  # noqa: F401
 )
 from .offline import _SPLIT_KEYS, _BUILDERS, leaf_tasks, _find_split_files, write_offline_tasks  # noqa: F401
 from .runner import _device_defaults, _clean_env, LmEvalError, lm_eval_commands, prompt_format, run  # noqa: F401
-from .results import load_results, clean_metrics, pick_metric, summarize, run_suite  # noqa: F401
+from .results import load_results, clean_metrics, pick_metric, summarize, run_suite, export_hook  # noqa: F401
 from .perplexity import load_texts, perplexity_metric, run_perplexity  # noqa: F401
 from .cli import USAGE, _truthy, _chat_template_setting, _cli_run, _cli_perplexity, main  # noqa: F401

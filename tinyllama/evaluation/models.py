@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from ..utils import offline
 from .layout import DEFAULT_OUT, TRAINING_METADATA_FILE
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,12 @@ def export_checkpoint_on_the_fly(checkpoint_dir: Path) -> Path:
     """``outputs/<run>/checkpoints/step-N`` -> ``outputs/<run>/export/step-N``, exporting it when missing.
 
     The export is what the pretraining loop writes anyway; when it is not there, this is the one call into
-    the training package: ``tinyllama.training.export_checkpoint(checkpoint_dir, out_dir)``.
+    the run folder's own code: ``tinyllama.checkpoints.export_checkpoint(checkpoint_dir, out_dir)``.
     """
     out = checkpoint_dir.parent.parent / "export" / checkpoint_dir.name
     if is_model_folder(out):
         return out
-    from tinyllama.training import export_checkpoint
+    from ..checkpoints import export_checkpoint
 
     log.info("exporting %s to %s", checkpoint_dir, out)
     export_checkpoint(checkpoint_dir, out)
@@ -111,7 +112,7 @@ def resolve_model(model: str | os.PathLike) -> ResolvedModel:
     if _looks_like_path(model):
         raise FileNotFoundError(f"model not found: {model} (no such folder). MODEL is a model folder, a training "
                                 f"checkpoint (outputs/<run>/checkpoints/step-N) or a Hub id (owner/name)")
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if offline():
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(model, "config.json"), str):

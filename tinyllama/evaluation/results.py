@@ -76,3 +76,22 @@ def run_suite(model_dir: str | os.PathLike, suite: str | os.PathLike, out_dir: s
     result_dir = run(model_dir, suite, out_dir, limit=limit, tasks=tasks_override, extra_args=extra_args, **kwargs)
     names = [t.task for t in select_tasks(load_suite(suite), tasks_override)]
     return summarize(result_dir, names)
+
+
+def export_hook(suite: str | os.PathLike, out_dir: str | os.PathLike, limit: float | None = None,
+                data_dir: str | os.PathLike | None = None):
+    """The pretraining loop's hook for each export (``Checkpointer(on_export=[...])``, passed by the recipe):
+    :func:`run_suite` on the export, its metrics returned as ``{"eval/<task>/<metric>": value}`` to log beside the
+    loss. An evaluation problem is logged, never raised: it does not stop training."""
+    import logging
+
+    def evaluate(export: Path, step: int) -> dict[str, float]:
+        try:
+            results = run_suite(export, suite, out_dir, limit=limit, data_dir=data_dir)
+        except Exception as e:
+            logging.getLogger(__name__).error("eval_suite %s on %s failed: %s", suite, Path(export).name, e)
+            return {}
+        return {f"eval/{task}/{metric}": value for task, m in results.items() for metric, value in m.items()
+                if isinstance(value, (int, float))}
+
+    return evaluate

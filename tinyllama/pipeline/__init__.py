@@ -45,7 +45,7 @@ from .spec import (  # noqa: F401
 )
 from .plan import Planned, _cli_value, _argv, plan, _normalise  # noqa: F401
 from .state import (  # noqa: F401
-    fingerprint, read_marker, _config_hash, _config_diff, _read_json, assess, _offline, _state_on_disk,
+    fingerprint, read_marker, _config_hash, _config_diff, _read_json, assess, _state_on_disk,
 )
 from .report import (  # noqa: F401
     summary_rows, _status_text, _short, _eval_result, _fmt_tokens, _fmt_seconds, COLUMNS, table_cells,

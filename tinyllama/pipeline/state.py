@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from ..utils import offline
 from .plan import Planned
 from .spec import MARKER, OPERATIONAL_KEYS, RECIPES, REPO
 
@@ -66,7 +67,7 @@ def assess(stages: list[Planned], rerun: str | None = None) -> list[Planned]:
         if script and not (REPO / script).is_file():
             s.state, s.reason = "unavailable", f"{script} does not exist in this checkout"
             continue
-        if s.spec.recipe == "eval" and _offline() and not os.environ.get("EVAL_DATA_DIR"):
+        if s.spec.recipe == "eval" and offline() and not os.environ.get("EVAL_DATA_DIR"):
             s.state, s.reason = "unavailable", ("offline (HF_HUB_OFFLINE=1) and no EVAL_DATA_DIR: lm-eval needs the "
                                                 "suite's task data (docs/evaluation.md)")
             continue
@@ -80,8 +81,6 @@ def assess(stages: list[Planned], rerun: str | None = None) -> list[Planned]:
     return stages
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
 def _state_on_disk(s: Planned) -> tuple[str, str]:
@@ -108,7 +107,7 @@ def _state_on_disk(s: Planned) -> tuple[str, str]:
         summary = _read_json(s.run_dir / "summary.json")
         if summary.get("step") == s.resolved["max_steps"] and (s.run_dir / "export" / "final").is_dir():
             return "done", ""
-        from ..training.checkpoint import complete_checkpoints
+        from ..checkpoints import complete_checkpoints
 
         ckpts = complete_checkpoints(s.run_dir / "checkpoints")
         return "partial", (f"resumes from its checkpoint at step {ckpts[-1][0]}" if ckpts

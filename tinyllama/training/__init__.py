@@ -1,10 +1,12 @@
 """The pretraining machinery that ``recipes/pretrain.py`` runs, top to bottom: arguments (``args.py``), the
 accelerator and model setup (``core.py``), optimizer (``optim.py``), learning-rate and batch-size schedules
-(``schedule.py``), throughput/MFU and the metrics log (``metrics.py``), checkpoints, exports and resume
-(``checkpoint.py``), Hub uploads (``hub.py``).
+(``schedule.py``), throughput/MFU and the metrics log (``metrics.py``), what the loop does at a checkpoint step
+(``checkpointer.py``: state, export, upload, the hooks on each export), Hub uploads (``hub.py``). The folders a run
+writes (checkpoints, exports, what a resume reads) are ``tinyllama.checkpoints``, below this package: evaluation
+and the pipeline read them too.
 
-The names below are imported lazily (on first use), so that ``from tinyllama.training import export_checkpoint``
-works without importing accelerate or DeepSpeed for the rest.
+The names below are imported lazily (on first use), so that importing one does not load accelerate or DeepSpeed
+for the rest.
 """
 
 from __future__ import annotations
@@ -14,13 +16,6 @@ from ..utils import lazy_exports
 _EXPORTS = {
     "DEMO_CONFIG": "args",
     "PretrainArgs": "args",
-    "TrainState": "checkpoint",
-    "complete_checkpoints": "checkpoint",
-    "find_resume_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "export_model": "checkpoint",
-    "export_checkpoint": "checkpoint",
     "make_accelerator": "core",
     "setup_model": "core",
     "HubUploader": "hub",

@@ -269,7 +269,7 @@ def _resumed_run_config(args: PretrainArgs) -> tuple[dict, Path] | None:
     saved = args.run_dir / "config.yaml"
     if args.resume is None or not saved.is_file():
         return None
-    from .checkpoint import find_resume_checkpoint
+    from ..checkpoints import find_resume_checkpoint
 
     if find_resume_checkpoint(args.resume, args.run_dir / "checkpoints") is None:
         return None

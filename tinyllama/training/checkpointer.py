@@ -1,17 +1,20 @@
 """Everything the pretraining recipe does at a checkpoint step, in one object: the training state (for resume),
-the model folder (export, ``export/final``), the background Hub upload and the lm-eval suite on the export.
+the model folder (export, ``export/final``), the background Hub upload, then the hooks the recipe passes for each
+export (``on_export``: callables ``(export folder, step) -> metrics to log``; the lm-eval suite on the export is one,
+``tinyllama.evaluation.export_hook``; training never imports evaluation).
 
 Every rank calls ``save``; only the main process writes exports, uploads and evaluates (the others wait at the
-barrier that ends ``save``). The layout is described in :mod:`tinyllama.training.checkpoint`.
+barrier that ends ``save``). The layout is described in :mod:`tinyllama.checkpoints`.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable, Sequence
 
 from ..tokenizer import save_tokenizer
-from .checkpoint import (ResumeSource, TrainState, clean_stale_tmp, export_model, load_checkpoint, point_final,
+from ..checkpoints import (ResumeSource, TrainState, clean_stale_tmp, export_model, load_checkpoint, point_final,
                          rotate_exports, save_checkpoint, step_name)
 from .hub import HubUploader, model_card
 
@@ -19,11 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    def __init__(self, accelerator, args, model, tokenizer, run_dir: Path, n_params: int, metrics):
+    def __init__(self, accelerator, args, model, tokenizer, run_dir: Path, n_params: int, metrics,
+                 on_export: Sequence[Callable[[Path, int], dict]] = ()):
         self.accelerator, self.args, self.model, self.tokenizer = accelerator, args, model, tokenizer
-        self.n_params, self.metrics = n_params, metrics
+        self.n_params, self.metrics, self.on_export = n_params, metrics, list(on_export)
         self.ckpt_root, self.export_root = Path(run_dir) / "checkpoints", Path(run_dir) / "export"
-        self.eval_dir = Path(run_dir) / "eval"
         main = accelerator.is_main_process
         if main:  # leftovers of a killed write; before any rank writes a new one
             clean_stale_tmp(self.ckpt_root)
@@ -80,26 +83,13 @@ class Checkpointer:
                     point_final(self.export_root, out)
                 if self.uploader:
                     self.uploader.submit(out, f"step {state.step}: {state.tokens:,} tokens")
-                if args.eval_suite:
-                    self.evaluate(out, state.step)
+                for hook in self.on_export:  # blocking: the other ranks wait at the barrier below
+                    logged = hook(out, state.step)
+                    if logged:
+                        self.metrics.log(logged, state.step)
                 rotate_exports(self.export_root, args.keep_last,
                                protect=self.uploader.pending if self.uploader else set())
         accelerator.wait_for_everyone()
-
-    def evaluate(self, out: Path, step: int) -> None:
-        """lm-eval on the export, logged beside the loss. Blocking (the other ranks wait at the next barrier): for
-        long suites on big runs, run evaluation/run_lm_eval.sh on the exports as a separate job instead."""
-        from ..evaluation import run_suite
-
-        args = self.args
-        try:
-            results = run_suite(out, args.eval_suite, self.eval_dir, limit=args.eval_limit,
-                                data_dir=args.eval_data_dir)
-        except Exception as e:  # an evaluation problem is reported, it never stops training
-            log.error("eval_suite %s on %s failed: %s", args.eval_suite, out.name, e)
-            return
-        self.metrics.log({f"eval/{task}/{metric}": value for task, m in results.items() for metric, value in m.items()
-                          if isinstance(value, (int, float))}, step)
 
     def close(self) -> dict:
         """Let queued uploads finish (bounded); their counts for the summary."""

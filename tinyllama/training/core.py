@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model import build_model, init_weights, load_model_config, load_weights
-from .checkpoint import STATE_FILE, checkpoint_state_dict
+from ..checkpoints import STATE_FILE, checkpoint_state_dict
 
 log = logging.getLogger(__name__)
 

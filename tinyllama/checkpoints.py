@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..tokenizer import save_tokenizer
-from ..utils import TMP_PREFIX, _fsync_dir, atomic_dir, atomic_write_text, fsync_tree
+from .tokenizer import save_tokenizer
+from .utils import TMP_PREFIX, _fsync_dir, atomic_dir, atomic_write_text, fsync_tree
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def load_checkpoint(accelerator, source: ResumeSource) -> TrainState:
     if saved.is_file() and accelerator._models:  # another model size: say so before torch's size-mismatch wall
         from transformers import LlamaConfig
 
-        from ..model import check_same_architecture
+        from .model import check_same_architecture
 
         model_config = accelerator.unwrap_model(accelerator._models[0]).config
         check_same_architecture(model_config, LlamaConfig.from_json_file(str(saved)), "of this run",

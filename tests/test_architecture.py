@@ -1,0 +1,138 @@
+"""The structure docs/architecture.md describes is the structure of the code: the packages of tinyllama/ import
+one way (each layer only from the layers below it, including imports inside functions), no module imports itself
+back through others, the package imports nothing from recipes/, scripts/ or tests/, and the document names every
+module."""
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "tinyllama"
+
+# Lowest first. A unit is a subpackage of tinyllama/ or a top-level module; it may import from the layers below
+# its own, never from its own layer (another unit) or above. docs/architecture.md ("Layers") says why each sits where.
+LAYERS = [
+    {"utils"},
+    {"config", "attention"},
+    {"model", "tokenizer"},
+    {"checkpoints", "demo", "convert", "gguf_export"},
+    {"evaluation"},
+    {"data", "chat", "vocab"},
+    {"training"},
+    {"pipeline"},
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports (at the top or inside a function), relative imports resolved; for ``from X
+    import name``, ``X.name`` where that is a module of the package, else ``X``."""
+    this = module_name(path)
+    package = this.split(".") if path.name == "__init__.py" else this.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            for a in node.names:
+                sub = f"{target}.{a.name}"
+                found.add(sub if module_path(sub) else target)
+    return found
+
+
+def module_path(name: str) -> Path | None:
+    base = REPO.joinpath(*name.split("."))
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.is_file():
+            return p
+    return None
+
+
+def unit(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if parts[0] == "tinyllama" and len(parts) > 1 else None
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): {m for m in imports(p) if m.split(".")[0] == "tinyllama" and module_path(m)}
+            for p in PACKAGE.rglob("*.py")}
+
+
+def test_layers_cover_every_unit_once():
+    units = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"} | {
+        p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    listed = [u for layer in LAYERS for u in layer]
+    assert len(listed) == len(set(listed))
+    assert set(listed) == units, f"add to LAYERS: {sorted(units - set(listed))}; gone: {sorted(set(listed) - units)}"
+
+
+def test_packages_import_only_from_the_layers_below():
+    level = {u: i for i, layer in enumerate(LAYERS) for u in layer}
+    wrong = []
+    for module, targets in graph().items():
+        src = unit(module)
+        for target in targets:
+            dst = unit(target)
+            if src and dst and src != dst and level[dst] >= level[src]:
+                wrong.append(f"{module} -> {target} ({src}: layer {level[src]}, {dst}: layer {level[dst]})")
+    assert not wrong, "imports that run sideways or up:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_module_imports_itself_back():
+    """No cycle between modules, a package's edges with its own modules aside (its __init__ re-exporting them)."""
+    edges = graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, stack):
+        state[m] = 1
+        for t in sorted(edges.get(m, ())):
+            if t.startswith(m + ".") or m.startswith(t + "."):
+                continue  # a package and its own modules
+            if state.get(t) == 1:
+                cycles.append(" -> ".join(stack[stack.index(t):] + [t]))
+            elif t not in state:
+                visit(t, stack + [t])
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_package_never_imports_recipes_scripts_or_tests():
+    for path in PACKAGE.rglob("*.py"):
+        bad = {m for m in imports(path) if m.split(".")[0] in ("recipes", "scripts", "tests", "evaluation")
+               or m.split(".")[0] in ("pretrain_utils", "fault_utils", "chat_helpers")}
+        assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+def test_architecture_doc_names_every_module_script_and_entry_point():
+    """docs/architecture.md describes the layout as it is: every package and module of tinyllama/, every script,
+    recipe and evaluation entry point, and the CI script."""
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    missing = []
+    for package in sorted(p.parent for p in PACKAGE.rglob("__init__.py")):
+        rel = package.relative_to(REPO).as_posix()
+        if rel != "tinyllama" and f"`{rel}/`" not in doc:
+            missing.append(f"{rel}/")
+    for module in PACKAGE.rglob("*.py"):
+        if not module.name.startswith("__") and f"`{module.name}`" not in doc and \
+                f"`{module.relative_to(REPO).as_posix()}`" not in doc:
+            missing.append(module.relative_to(REPO).as_posix())
+    for folder, pattern in (("recipes", "*.py"), ("scripts", "**/*.py"), ("scripts", "**/*.sh"),
+                            ("scripts", "**/*.sbatch"), ("evaluation", "*.py"), ("evaluation", "*.sh")):
+        for f in (REPO / folder).glob(pattern):
+            rel = f.relative_to(REPO).as_posix()
+            if f"`{rel}`" not in doc and f"`{f.name}`" not in doc:
+                missing.append(rel)
+    if "`.ci/run`" not in doc:
+        missing.append(".ci/run")
+    assert not missing, "not named in docs/architecture.md: " + ", ".join(sorted(missing))
