@@ -142,7 +142,6 @@ def main(argv: list[str] | None = None) -> dict:
     throughput = Throughput(flops, world, device_peak_flops(args.peak_flops))
     interval = Interval(accelerator, train_set.source_names, throughput)
     interval.restore(state.log_window)  # a resumed run's first log line averages the same steps as an uninterrupted one
-    poisoned = _fault_nan_steps()
     batches_iter, current_batch = None, None
     bar = tqdm(total=args.max_steps, initial=state.step, desc="pretrain", disable=not accelerator.is_main_process,
                dynamic_ncols=True)
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         result = train_step(model, optimizer, accelerator, batches_iter, accum, args.document_masking,
-                            args.max_grad_norm, interval.source_counts, poison_loss=step in poisoned)
+                            args.max_grad_norm, interval.source_counts)
         state.step += 1
         state.samples += current_batch
         state.tokens += current_batch * args.seq_len
@@ -186,7 +185,6 @@ def main(argv: list[str] | None = None) -> dict:
             bar.set_postfix(loss=f"{interval.last_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_sec']:.0f}")
         if val_set is not None and args.eval_every and state.step % args.eval_every == 0:
             metrics.log({"val_loss": validate(model, val_set, args, accelerator)}, state.step)
-        _inject_preemption(state.step)
         stop_now = accelerator.reduce(torch.tensor(float(stop.flag), device=accelerator.device), "sum").item() > 0
         if state.step % args.save_every == 0 or state.step == args.max_steps or stop_now:
             state.log_window = interval.snapshot()
@@ -298,17 +296,6 @@ def validate(model, val_set, args, accelerator) -> float:
     total = accelerator.reduce(total, "sum")
     model.train()
     return (total[0] / total[1].clamp(min=1)).item()
-
-
-def _fault_nan_steps() -> set[int]:
-    """Fault injection for the tests: TINYLLAMA_FAULT_NAN_STEPS=3,4 makes those steps' loss NaN (read once)."""
-    return {int(s) for s in os.environ.get("TINYLLAMA_FAULT_NAN_STEPS", "").split(",") if s.strip()}
-
-
-def _inject_preemption(step: int) -> None:
-    """Fault injection for the tests: TINYLLAMA_FAULT_SIGTERM_AT_STEP=N sends this process SIGTERM after step N."""
-    if os.environ.get("TINYLLAMA_FAULT_SIGTERM_AT_STEP") == str(step):
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _yaml(d: dict) -> str:

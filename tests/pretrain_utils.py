@@ -57,19 +57,30 @@ def load_script(rel: str, prefix: str = "_test_"):
     return module
 
 
-def run_inprocess(config: Path, *overrides: str) -> dict:
-    """recipes/pretrain.py's main() in this process (fast: no interpreter start-up); accelerate's singletons reset."""
+def run_inprocess(config: Path, *overrides: str, nan_steps: set[int] | None = None,
+                  sigterm_after_step: int | None = None) -> dict:
+    """recipes/pretrain.py's main() in this process (fast: no interpreter start-up); accelerate's singletons reset.
+    ``nan_steps``, ``sigterm_after_step``: the faults of tests/faults/launch.py, wrapped around the recipe's
+    ``train_step`` for this call only (from the outside: nothing in the package knows)."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    import launch
 
     sys.path.insert(0, str(REPO / "recipes"))
     import pretrain
 
+    original = pretrain.train_step
+    if nan_steps:
+        pretrain.train_step = launch.nan_steps(pretrain.train_step, nan_steps)
+    if sigterm_after_step:
+        pretrain.train_step = launch.sigterm_after_step(pretrain.train_step, sigterm_after_step)
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
     try:
         return pretrain.main(["--config", str(config), *overrides])
     finally:
+        pretrain.train_step = original
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
         PartialState._reset_state()

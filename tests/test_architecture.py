@@ -136,3 +136,14 @@ def test_architecture_doc_names_every_module_script_and_entry_point():
     if "`.ci/run`" not in doc:
         missing.append(".ci/run")
     assert not missing, "not named in docs/architecture.md: " + ", ".join(sorted(missing))
+
+
+def test_no_test_hooks_in_the_package():
+    """Faults are injected from outside (tests/faults/launch.py, tests/faults/site, run_inprocess): nothing in the
+    package or the recipes reads a test-only variable."""
+    import re
+
+    hooks = re.compile(r"TINYLLAMA_(TEST|FAULT)\w*|TINYLLAMA_HUB_(BACKOFF|WAIT_TIMEOUT)")
+    found = [f"{p.relative_to(REPO)}: {m.group(0)}" for folder in (PACKAGE, REPO / "recipes")
+             for p in folder.rglob("*.py") for m in hooks.finditer(p.read_text())]
+    assert not found, found

@@ -63,7 +63,9 @@ def same(a, b):
 def test_chain_resumes_chains_skips_and_refuses_changes(tmp_path, demo_paths):
     root = tmp_path / "out"
     # 1. stage 1 is preempted after step 2: the pipeline stops and says how to continue
-    r = pipeline(tmp_path, root, env={"TINYLLAMA_FAULT_SIGTERM_AT_STEP": "2"})
+    # (tests/faults/site: the fault reaches the recipe process the pipeline starts; nothing in the package knows)
+    r = pipeline(tmp_path, root, env={"TINYLLAMA_TEST_SIGTERM_AFTER_STEP": "2",
+                                      "PYTHONPATH": str(REPO / "tests" / "faults" / "site")})
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     assert "stage basic stopped at step 2 of 4" in r.stderr and "run the pipeline again" in r.stderr
     assert not (root / "continual-math_code").exists()

@@ -79,9 +79,7 @@ def test_exports_carry_the_sentencepiece_model_that_agrees_with_their_tokenizer(
 
 def preempted(cfg, run, step: int, monkeypatch) -> dict:
     """The same run, stopped by a real SIGTERM (how schedulers preempt) after ``step``."""
-    with monkeypatch.context() as m:
-        m.setenv("TINYLLAMA_FAULT_SIGTERM_AT_STEP", str(step))
-        return run_inprocess(cfg, "--output_dir", str(run), "--save_every", "100")
+    return run_inprocess(cfg, "--output_dir", str(run), "--save_every", "100", sigterm_after_step=step)
 
 
 @pytest.mark.slow
@@ -173,8 +171,7 @@ def test_incomplete_checkpoint_is_never_resumed(baseline, tmp_path, monkeypatch)
 @pytest.mark.slow
 def test_nonfinite_steps_are_skipped_and_counted_then_stop(tmp_path, monkeypatch):
     cfg = write_config(tmp_path)
-    monkeypatch.setenv("TINYLLAMA_FAULT_NAN_STEPS", "2,3")
-    summary = run_inprocess(cfg, "--output_dir", str(tmp_path / "a"), "--max_steps", "6")
+    summary = run_inprocess(cfg, "--output_dir", str(tmp_path / "a"), "--max_steps", "6", nan_steps={2, 3})
     assert summary["skipped_steps"] == 2 and summary["step"] == 6
     rows = {r["step"]: r for r in metrics(tmp_path / "a") if "loss" in r}
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows.values())
@@ -183,17 +180,17 @@ def test_nonfinite_steps_are_skipped_and_counted_then_stop(tmp_path, monkeypatch
     w = load_file(str(tmp_path / "a" / "export" / "final" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in w.values())
 
-    monkeypatch.setenv("TINYLLAMA_FAULT_NAN_STEPS", "3,4,5")
     with pytest.raises(SystemExit):
-        run_inprocess(cfg, "--output_dir", str(tmp_path / "b"), "--max_steps", "8", "--max_nonfinite_steps", "3")
+        run_inprocess(cfg, "--output_dir", str(tmp_path / "b"), "--max_steps", "8", "--max_nonfinite_steps", "3",
+                      nan_steps={3, 4, 5})
 
 
 @pytest.mark.slow
 def test_nonfinite_stop_message_via_cli(tmp_path):
     cfg = write_config(tmp_path)
-    proc = run_cli([sys.executable, "recipes/pretrain.py", "--config", str(cfg), "--output_dir",
-                    str(tmp_path / "run"), "--max_nonfinite_steps", "2", "--save_every", "2"],
-                   env={"TINYLLAMA_FAULT_NAN_STEPS": "3,4"})
+    proc = run_cli([sys.executable, "tests/faults/launch.py", "recipes/pretrain.py", "--config", str(cfg),
+                    "--output_dir", str(tmp_path / "run"), "--max_nonfinite_steps", "2", "--save_every", "2"],
+                   env={"TINYLLAMA_TEST_NAN_STEPS": "3,4"})
     assert proc.returncode != 0
     assert "2 consecutive steps had a non-finite loss or gradient" in proc.stderr
     # the last good checkpoint (step 2) is intact and resumable
@@ -365,9 +362,8 @@ def test_hub_push_uploads_in_background_and_retries(tmp_path):
     token = "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123"
     with RecordingHub(fail_first=1) as hub:
         proc = run_cli([sys.executable, "recipes/pretrain.py", "--config", str(cfg), "--output_dir",
-                        str(tmp_path / "run"), "--max_steps", "4", "--save_every", "2"],
-                       env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": token,
-                            "TINYLLAMA_HUB_BACKOFF": "0.1"})
+                        str(tmp_path / "run"), "--max_steps", "4", "--save_every", "2", "--hub_retry_backoff", "0.1"],
+                       env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": token})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "training_metadata.json"} <= set(
         hub.files)
@@ -386,9 +382,8 @@ def test_hub_outage_never_kills_training(tmp_path):
     cfg = write_config(tmp_path, "push_to_hub: true\nhub_model_id: me/tiny-test\nhub_upload_retries: 2\n")
     with RecordingHub(fail_first=100) as hub:
         proc = run_cli([sys.executable, "recipes/pretrain.py", "--config", str(cfg), "--output_dir",
-                        str(tmp_path / "run"), "--max_steps", "2", "--save_every", "2"],
-                       env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_x",
-                            "TINYLLAMA_HUB_BACKOFF": "0.1"})
+                        str(tmp_path / "run"), "--max_steps", "2", "--save_every", "2", "--hub_retry_backoff", "0.1"],
+                       env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_x"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "upload of step-000002 failed after 2 attempts" in proc.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -21,10 +21,11 @@ DEMO = [f"--data_dir={REPO}/data/demo/tokenized", f"--tokenizer={REPO}/data/demo
         f"--prepare_config={REPO}/configs/data/demo.yaml"]
 
 
-def stage(config: str, out, *overrides: str) -> dict:
-    """A shipped demo stage config, shrunk by ``overrides``, run in this process into ``out``."""
+def stage(config: str, out, *overrides: str, **faults) -> dict:
+    """A shipped demo stage config, shrunk by ``overrides``, run in this process into ``out`` (``faults``: those of
+    run_inprocess)."""
     return run_inprocess(REPO / "configs" / config, *DEMO, "--output_dir", str(out), "--report_to", "none",
-                         "--eval_every", "0", *overrides)
+                         "--eval_every", "0", *overrides, **faults)
 
 
 def weights(folder) -> dict:
@@ -114,9 +115,7 @@ def test_interrupted_stage_resumes_exactly(basic, continual, tmp_path, monkeypat
     ref, _ = continual
     out = tmp_path / "continual"
     args = ["--init_from", str(basic / "export" / "final"), *RAMPED]
-    with monkeypatch.context() as m:
-        m.setenv("TINYLLAMA_FAULT_SIGTERM_AT_STEP", "4")
-        assert stage("continual/demo-math_code.yaml", out, *args)["step"] == 4
+    assert stage("continual/demo-math_code.yaml", out, *args, sigterm_after_step=4)["step"] == 4
     initial_before = weights(out / "export" / "initial")
     assert stage("continual/demo-math_code.yaml", out, *args, "--resume", "auto")["step"] == 6
     assert losses(out) == losses(ref) and len(losses(ref)) == 6

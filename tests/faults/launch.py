@@ -22,9 +22,17 @@ Points (each counted per process, the n-th occurrence triggers):
     TINYLLAMA_TEST_RECORD_SAMPLES=DIR             append every training sample index this process reads to
                                                   DIR/samples-<pid>.txt (MixtureDataset.__getitem__; with
                                                   num_workers 0 a sample is read when it is consumed)
+    TINYLLAMA_TEST_NAN_STEPS=2,3                  pretraining: the loss of this process's optimizer steps 2 and 3
+                                                  (0-based, counted from the first step this process runs) is NaN
+    TINYLLAMA_TEST_SIGTERM_AFTER_STEP=N           pretraining: SIGTERM to this process when its N-th optimizer step
+                                                  returns (a preemption between steps: the checkpoint is step N of
+                                                  a run that started at 0)
 
 The hooks wrap library functions from the outside (nothing in the package changes for the tests); with the
-variables unset the script runs exactly as ``python SCRIPT``.
+variables unset the script runs exactly as ``python SCRIPT``. The same variables work in every Python process that
+has ``tests/faults/site`` on PYTHONPATH (its ``sitecustomize`` installs them at start-up): how a fault reaches the
+recipe processes a pipeline starts. In-process tests wrap the recipe's ``train_step`` with :func:`nan_steps` and
+:func:`sigterm_after_step` (``fault_utils``).
 """
 
 from __future__ import annotations
@@ -140,6 +148,57 @@ def install(spec: str) -> None:
         raise SystemExit(f"unknown fault point {point!r}")
 
 
+def nan_steps(train_step, steps):
+    """``train_step`` whose calls number ``steps`` (0-based) run with a NaN loss: ``forward_loss`` wrapped for those
+    calls only (train_step reads it from its module at each call)."""
+    import tinyllama.training.core as core
+
+    calls = {"n": 0}
+
+    def wrapper(*a, **k):
+        n, calls["n"] = calls["n"], calls["n"] + 1
+        if n not in steps:
+            return train_step(*a, **k)
+        original = core.forward_loss
+        core.forward_loss = lambda *fa, **fk: original(*fa, **fk) * float("nan")
+        try:
+            return train_step(*a, **k)
+        finally:
+            core.forward_loss = original
+
+    return wrapper
+
+
+def sigterm_after_step(train_step, step: int):
+    """``train_step`` that sends this process SIGTERM when its ``step``-th call returns."""
+    calls = {"n": 0}
+
+    def wrapper(*a, **k):
+        out = train_step(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    return wrapper
+
+
+def install_from_env() -> None:
+    """Every fault the environment asks for, installed before the recipe imports what it wraps."""
+    if os.environ.get("TINYLLAMA_TEST_FAULT"):
+        install(os.environ["TINYLLAMA_TEST_FAULT"])
+    if os.environ.get("TINYLLAMA_TEST_RECORD_SAMPLES"):
+        record_samples(os.environ["TINYLLAMA_TEST_RECORD_SAMPLES"])
+    if os.environ.get("TINYLLAMA_TEST_NAN_STEPS") or os.environ.get("TINYLLAMA_TEST_SIGTERM_AFTER_STEP"):
+        import tinyllama.training.core as core
+
+        if os.environ.get("TINYLLAMA_TEST_NAN_STEPS"):
+            core.train_step = nan_steps(core.train_step, {int(s) for s in
+                                                          os.environ["TINYLLAMA_TEST_NAN_STEPS"].split(",")})
+        if os.environ.get("TINYLLAMA_TEST_SIGTERM_AFTER_STEP"):
+            core.train_step = sigterm_after_step(core.train_step, int(os.environ["TINYLLAMA_TEST_SIGTERM_AFTER_STEP"]))
+
+
 def record_samples(folder: str) -> None:
     from tinyllama.data.mixture import MixtureDataset
 
@@ -156,10 +215,7 @@ def record_samples(folder: str) -> None:
 def main() -> None:
     script, *args = sys.argv[1:]
     sys.path.insert(0, str(REPO))
-    if os.environ.get("TINYLLAMA_TEST_FAULT"):
-        install(os.environ["TINYLLAMA_TEST_FAULT"])
-    if os.environ.get("TINYLLAMA_TEST_RECORD_SAMPLES"):
-        record_samples(os.environ["TINYLLAMA_TEST_RECORD_SAMPLES"])
+    install_from_env()
     path = Path(script) if Path(script).is_absolute() else REPO / script
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.parent))

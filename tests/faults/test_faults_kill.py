@@ -37,11 +37,12 @@ def run_chain(tmp_path, reference, faults: list, name: str) -> int:
     """``faults``: "kill@point:n" strings, or fractions of an uninterrupted launch's wall time at which a SIGKILL
     lands wherever the run is then (a random moment). Returns the number of kills that landed; asserts the finished
     run's weights equal the reference's."""
-    cfg = write_config(tmp_path, CHAIN_RUN + "push_to_hub: true\nhub_model_id: me/faults\nhub_upload_retries: 1\n")
+    cfg = write_config(tmp_path, CHAIN_RUN + "push_to_hub: true\nhub_model_id: me/faults\nhub_upload_retries: 1\n"
+                       "hub_retry_backoff: 0\n")
     run = tmp_path / "run"
     landed, log = 0, []
     with RecordingHub() as hub:
-        env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_fault_suite", "TINYLLAMA_HUB_BACKOFF": "0"}
+        env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_fault_suite"}
         args = ["--config", str(cfg), "--output_dir", str(run), "--resume", "auto"]
         if not _WALL and any(isinstance(f, float) for f in faults):  # calibrate: the machine's speed varies a lot
             start = time.perf_counter()

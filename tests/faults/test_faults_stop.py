@@ -68,10 +68,9 @@ def hub_run(tmp_path, endpoint: str, retries: int = 2, wait: str | None = None) 
     """A 4-step run pushing each export to ``endpoint`` (a real process: huggingface_hub reads its settings at
     import); returns the summary and the log."""
     cfg = write_config(tmp_path, CHAIN_RUN + f"max_steps: 4\npush_to_hub: true\nhub_model_id: me/faults\n"
-                       f"hub_upload_retries: {retries}\n")
-    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": endpoint, "HF_TOKEN": "hf_fault_suite", "TINYLLAMA_HUB_BACKOFF": "0"}
-    if wait:
-        env["TINYLLAMA_HUB_WAIT_TIMEOUT"] = wait
+                       f"hub_upload_retries: {retries}\nhub_retry_backoff: 0\n"
+                       + (f"hub_wait_timeout: {wait}\n" if wait else ""))
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": endpoint, "HF_TOKEN": "hf_fault_suite"}
     t = time.time()
     proc = launch("recipes/pretrain.py", ["--config", str(cfg), "--output_dir", str(tmp_path / "run")], env=env)
     assert proc.returncode == 0, proc.stdout[-3000:]  # training went on
@@ -123,8 +122,7 @@ def test_hub_hanging_does_not_hold_the_run(tmp_path):
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, demo_paths):
     cfg = write_config(tmp_path, CHAIN_RUN + "max_steps: 4\n")
-    monkeypatch.setenv("TINYLLAMA_FAULT_NAN_STEPS", "1")
-    summary = run_inprocess(cfg, "--output_dir", str(tmp_path / "run"))
+    summary = run_inprocess(cfg, "--output_dir", str(tmp_path / "run"), nan_steps={1})
     assert summary["step"] == 4 and summary["skipped_steps"] == 1
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-000004" / "train_state.json").read_text())
     assert state["skipped_steps"] == 1 and state["consecutive_nonfinite"] == 0
@@ -133,9 +131,8 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, demo_pat
 
 def test_consecutive_nonfinite_steps_stop_the_run_with_exit_3(tmp_path, monkeypatch, demo_paths, capsys):
     cfg = write_config(tmp_path, CHAIN_RUN + "max_steps: 6\nmax_nonfinite_steps: 2\n")
-    monkeypatch.setenv("TINYLLAMA_FAULT_NAN_STEPS", "2,3")
     with pytest.raises(SystemExit) as e:
-        run_inprocess(cfg, "--output_dir", str(tmp_path / "run"))
+        run_inprocess(cfg, "--output_dir", str(tmp_path / "run"), nan_steps={2, 3})
     assert e.value.code == 3
     err = capsys.readouterr().err
     assert "error: 2 consecutive steps had a non-finite loss or gradient" in err and "resume" in err

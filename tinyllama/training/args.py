@@ -135,6 +135,11 @@ class PretrainArgs:
     hub_private: bool = field(default=False, metadata=_help("create the Hub repository as private"))
     hub_revision: Optional[str] = field(default=None, metadata=_help("branch to push to (default: main)"))
     hub_upload_retries: int = field(default=5, metadata=_help("attempts per upload before it is reported failed"))
+    hub_retry_backoff: float = field(default=2.0, metadata=_help(
+        "seconds before the second attempt of a failed upload, doubled for each further attempt"))
+    hub_wait_timeout: float = field(default=600.0, metadata=_help(
+        "at the end of the run, seconds to wait for uploads still running (a hung Hub cannot hold the run); "
+        "unfinished ones are counted in summary.json"))
 
     # ---------------------------------------------------------------------------------------------------------------
     @property
@@ -146,7 +151,7 @@ class PretrainArgs:
         e = []
         world = int(os.environ.get("WORLD_SIZE", "1"))
         for name in ("learning_rate", "seq_len", "micro_batch_size", "global_batch_size", "max_steps",
-                     "log_every", "save_every", "keep_last", "max_nonfinite_steps", "hub_upload_retries"):
+                     "log_every", "save_every", "keep_last", "max_nonfinite_steps", "hub_upload_retries", "hub_wait_timeout"):
             if getattr(self, name) <= 0:
                 e.append(f"'{name}' must be positive, got {getattr(self, name)}")
         e += self._resolve_lr_step_offset()
@@ -343,7 +348,8 @@ def _cli_value(value) -> str:
 OPERATIONAL_KEYS = frozenset({
     "run_name", "report_to", "num_workers", "log_every", "eval_every", "eval_batches", "eval_suite", "eval_limit",
     "eval_data_dir", "save_every", "keep_last", "export", "export_initial", "resume", "prepare_config", "peak_flops",
-    "push_to_hub", "hub_model_id", "hub_private", "hub_revision", "hub_upload_retries"})
+    "push_to_hub", "hub_model_id", "hub_private", "hub_revision", "hub_upload_retries", "hub_retry_backoff",
+    "hub_wait_timeout"})
 
 # The fields a resume may change (require_same_run) besides the operational ones: how the same global batch is
 # computed, where the files are, what only a fresh start reads, and the step count (the learning-rate schedule is

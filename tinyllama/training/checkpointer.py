@@ -31,8 +31,8 @@ class Checkpointer:
         if main:  # leftovers of a killed write; before any rank writes a new one
             clean_stale_tmp(self.ckpt_root)
             clean_stale_tmp(self.export_root)
-        self.uploader = HubUploader(args.hub_model_id, args.hub_private, args.hub_revision,
-                                    args.hub_upload_retries) if args.push_to_hub and main else None
+        self.uploader = HubUploader(args.hub_model_id, args.hub_private, args.hub_revision, args.hub_upload_retries,
+                                    args.hub_retry_backoff, args.hub_wait_timeout) if args.push_to_hub and main else None
 
     def resume_or_init(self, resume_from: ResumeSource | None) -> TrainState:
         """The state of the checkpoint ``resume_from`` (``checkpoint.resume_source``: this run's newest, decided at

@@ -242,15 +242,14 @@ class StepResult:
 
 
 def train_step(model, optimizer, accelerator, batches, accum: int, document_masking: bool, max_grad_norm: float,
-               source_counts: torch.Tensor, poison_loss: bool = False) -> StepResult:
+               source_counts: torch.Tensor) -> StepResult:
     """One optimizer step over ``accum`` micro-batches, with the same decision on every rank.
 
     A non-finite loss on any rank skips the update (the step's remaining micro-batches are read, so the data
     position stays a function of the step, and not trained on); so does a non-finite gradient norm. DeepSpeed
     updates the weights inside the last micro-batch's backward, so there the decision is taken before that backward
     (one all-reduce per step); elsewhere it is taken after the backward, before ``optimizer.step()``.
-    ``source_counts`` (on the host) counts the samples read, by source. ``poison_loss``: fault injection for the
-    tests (this step's loss becomes NaN). The loss is returned as a float64 sum of micro-batch losses, not a mean:
+    ``source_counts`` (on the host) counts the samples read, by source. The loss is returned as a float64 sum of micro-batch losses, not a mean:
     sums of float32 values in float64 are exact, so the logged mean over a window is the same number however the
     window's micro-batches were split over ranks and steps (a resume on another world size logs what an
     uninterrupted run logs).
@@ -268,8 +267,6 @@ def train_step(model, optimizer, accelerator, batches, accum: int, document_mask
             continue  # the rest of a skipped step: its data is consumed, not trained on
         with accelerator.accumulate(model):
             loss = forward_loss(model, batch, document_masking, device)
-            if poison_loss:
-                loss = loss * float("nan")
             nonfinite += ~torch.isfinite(loss.detach())
             if micro == accum - 1 and deepspeed:  # DeepSpeed steps inside this backward: decide before it
                 skipped = accelerator.reduce(nonfinite, "sum").item() > 0

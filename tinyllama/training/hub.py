@@ -20,13 +20,12 @@ log = logging.getLogger(__name__)
 
 class HubUploader:
     def __init__(self, repo_id: str, private: bool = False, revision: str | None = None, retries: int = 5,
-                 backoff: float | None = None):
+                 backoff: float = 2.0, wait_timeout: float = 600.0):
         from huggingface_hub import HfApi
 
         self.api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"))
-        backoff = float(os.environ.get("TINYLLAMA_HUB_BACKOFF", 2.0)) if backoff is None else backoff
         self.repo_id, self.private, self.revision = repo_id, private, revision
-        self.retries, self.backoff = retries, backoff
+        self.retries, self.backoff, self.wait_timeout = retries, backoff, wait_timeout
         self.uploaded: list[str] = []
         self.failed: list[tuple[str, str]] = []
         self.attempts = 0
@@ -83,9 +82,9 @@ class HubUploader:
 
     def close(self, timeout: float | None = None) -> bool:
         """Wait (bounded) for queued uploads; True when all finished. A hung Hub cannot hold the run forever.
-        The bound: ``timeout``, else ``TINYLLAMA_HUB_WAIT_TIMEOUT`` (seconds), else 600."""
+        The bound: ``timeout``, else the uploader's ``wait_timeout`` (seconds; the run's ``hub_wait_timeout``)."""
         if timeout is None:
-            timeout = float(os.environ.get("TINYLLAMA_HUB_WAIT_TIMEOUT", 600.0))
+            timeout = self.wait_timeout
         self._queue.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
