@@ -57,8 +57,7 @@ def model_card_text(*, method: str, base_model: str, datasets: Sequence[str], co
     if m.teacher:
         loss = (f"the student sampled its own replies to the prompts and was trained towards the teacher's "
                 f"next-token distribution on them (generalized Jensen-Shannon divergence, beta "
-                f"{config.get('beta', 1.0)}: 0 is KL(teacher || student), 1 is KL(student || teacher)); teacher: "
-                f"`{teacher}`.")
+                f"{config.get('beta', 1.0)}: 0 is KL(teacher || student), 1 is KL(student || teacher)).")
     elif m.preference:
         loss = (f"{m.title} compared the chosen and rejected replies of each prompt"
                 + (" (read as desirable and undesirable rows)" if m.data == "unpaired" else "")

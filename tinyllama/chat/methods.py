@@ -97,11 +97,12 @@ METHODS: dict[str, ChatMethod] = {m.name: m for m in [
         # TRL's stable DistillationTrainer (on-policy: the student samples the replies, the loss is a generalized JSD
         # to the teacher's next-token distribution on them); GKD (trl.experimental.gkd) is the same loss with a mix of
         # off-policy rows, and TRL itself points GKD users here (docs/chat.md, "Distillation")
-        name="distill", title="on-policy distillation", trainer="trl:DistillationTrainer",
+        name="distill", title="distillation", trainer="trl:DistillationTrainer",
         config="trl:DistillationConfig", data="prompts",
         reference="the teacher (teacher_model_name_or_path: same tokenizer, frozen, in the precision the student "
                   "computes in)", script="recipes/chat.py",
-        follows="on-policy distillation (Agarwal et al. 2024) as TRL's DistillationTrainer implements it",
+        follows="on-policy distillation (Agarwal et al. 2024: the student's own samples, the teacher's "
+                "distributions as targets) as TRL's DistillationTrainer runs it",
         paper="Agarwal et al. 2024, arXiv:2306.13649"),
 ]}
 PREFERENCE_METHODS = [name for name, m in METHODS.items() if m.preference]

@@ -203,7 +203,7 @@ def build_trainer(method: ChatMethod | str, script_args, training_args, model_ar
         init_kwargs = {"device_map": None, **init_kwargs,
                        **({"quantization_config": quantization} if quantization is not None else {})}
     training_args.model_init_kwargs = init_kwargs
-    if method.reference != "none":  # DPO, KTO: a frozen copy of the start, in the precision the policy computes in
+    if method.reference != "none" and not method.teacher:  # DPO, KTO: a frozen copy of the start, in the precision the policy computes in
         kwargs["ref_model"] = reference_model(training_args, model_args)
     teacher_kwargs = None
     if method.teacher:
