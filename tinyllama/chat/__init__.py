@@ -5,8 +5,8 @@ TinyLlama-1.1B-Chat-v1.0 is the alignment-handbook's Zephyr recipe (docs/referen
 ``HuggingFaceH4/ultrachat_200k``, then DPO on ``HuggingFaceH4/ultrafeedback_binarized``, with the Zephyr chat
 template. TRL does the training; this package is what TRL leaves to the scripts:
 
-- ``methods.py``: the chat methods (SFT, DPO, ORPO, SimPO, KTO, distillation), one entry each: TRL trainer and config, data,
-  recipe; the recipes, the pipeline and the card read it;
+- ``methods.py``: the chat methods (SFT, DPO, ORPO, SimPO, KTO, distillation), one entry each: TRL trainer and
+  config, data, recipe; the recipes, the pipeline and the card read it;
 - ``recipe.py``: the one chat recipe (checks, tokenizer, data, the method's trainer, train, save, card, push,
   ``summary.json``), the ``from_pretrained`` arguments and resume;
 - ``trainers.py``: the method's trainer class (our card; ``max_prompt_length``, which TRL dropped);
@@ -32,7 +32,8 @@ from .card import CARD_HYPERPARAMETERS, ChatModelCardMixin, model_card_text
 from .checks import (HALF_DTYPES, check_model_source, check_precision, check_quantization, check_teacher_vocabulary,
                      is_adapter_dir, is_hub_id, looks_local, precheck_argv, uses_deepspeed)
 from .datasets import (conversation_to_prompt, load_split, message_problem, preference_to_conversational,
-                       prepare_preference_dataset, prepare_prompt_dataset, prepare_sft_dataset, prepare_unpaired_dataset)
+                       prepare_preference_dataset, prepare_prompt_dataset, prepare_sft_dataset,
+                       prepare_unpaired_dataset)
 from .demo import DEMO_CHAT_DIR, ensure_demo_assets
 from .inference import ForwardCounter
 from .measure import heldout_distillation, heldout_preference, reply_token_ids

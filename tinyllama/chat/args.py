@@ -1,6 +1,6 @@
 """Arguments of the chat recipes: TRL's ``ScriptArguments`` + the method's trainer config (``SFTConfig``,
-``DPOConfig``, ``ORPOConfig``, ``CPOConfig``, ``KTOConfig``, ``DistillationConfig``: ``tinyllama/chat/methods.py``) + ``ModelConfig`` in one
-YAML, parsed by :func:`tinyllama.config.parse_config` (HfArgumentParser underneath, like ``TrlParser``, with its
+``DPOConfig``, ``ORPOConfig``, ``CPOConfig``, ``KTOConfig``, ``DistillationConfig``: ``tinyllama/chat/methods.py``)
++ ``ModelConfig`` in one YAML, parsed by :func:`tinyllama.config.parse_config` (HfArgumentParser underneath, like ``TrlParser``, with its
 ``env:`` mapping) so that every unknown key - e.g. a field TRL renamed or removed in an upgrade - fails the run
 before it starts, with a "did you mean" hint. The config's ``method:`` names the method.
 

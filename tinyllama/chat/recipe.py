@@ -203,7 +203,8 @@ def build_trainer(method: ChatMethod | str, script_args, training_args, model_ar
         init_kwargs = {"device_map": None, **init_kwargs,
                        **({"quantization_config": quantization} if quantization is not None else {})}
     training_args.model_init_kwargs = init_kwargs
-    if method.reference != "none" and not method.teacher:  # DPO, KTO: a frozen copy of the start, in the precision the policy computes in
+    # DPO, KTO: a frozen copy of the start, in the precision the policy computes in
+    if method.reference != "none" and not method.teacher:
         kwargs["ref_model"] = reference_model(training_args, model_args)
     teacher_kwargs = None
     if method.teacher:
@@ -306,7 +307,8 @@ def run_recipe(argv: Sequence[str] | None, recipe_method: str | None = None) -> 
 def train_and_save(trainer, resume, *arg_instances) -> dict:
     """Train (resuming if asked), then write to output_dir: the model or adapter with its tokenizer and chat
     template, ``config.yaml`` (the resolved configuration, no secrets) and README.md (the model card); push the
-    folder to the Hub when ``push_to_hub`` is set. A preference or distillation method's held-out measure (measure.py) is taken
+    folder to the Hub when ``push_to_hub`` is set. A preference or distillation method's held-out measure
+    (measure.py) is taken
     before and after training (``heldout/*_start``, ``heldout/*``; before only when not resuming, and not under
     DeepSpeed or FSDP)."""
     output_dir = trainer.args.output_dir

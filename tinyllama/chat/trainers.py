@@ -1,7 +1,8 @@
 """The chat recipes' trainer class for a method: TRL's trainer (``tinyllama/chat/methods.py`` names it) with our model
 card, and ``max_prompt_length``, which TRL >= 1.0 dropped from its configs (Zephyr's DPO used 512 of max_length 1024;
-the SimPO and ORPO recipes 512 of 1024 and 1792 of 2048), nor has its DistillationTrainer. Prompts longer than that keep their last tokens (the latest
-turns and the generation prompt, which the reply must follow), as TRL's former default truncation did.
+the SimPO and ORPO recipes 512 of 1024 and 1792 of 2048), and which its DistillationTrainer never had. Prompts
+longer than that keep their last tokens (the latest turns and the generation prompt, which the reply must follow), as
+TRL's former default truncation did.
 
 Two ways, because TRL tokenizes in two ways:
 
