@@ -1,11 +1,12 @@
-"""Any chat method (tinyllama/chat/methods.py): SFT, DPO, ORPO, SimPO, KTO, each TRL's trainer, named by the config's
-``method:``.
+"""Any chat method (tinyllama/chat/methods.py): SFT, DPO, ORPO, SimPO, KTO, distillation, each TRL's trainer, named by
+the config's ``method:``.
 
     python recipes/chat.py --config configs/chat/orpo-demo.yaml                      # CPU demo (after sft-demo)
     accelerate launch recipes/chat.py --config configs/chat/orpo-ultrafeedback.yaml  # ORPO, full, from the base
     accelerate launch recipes/chat.py --config configs/chat/simpo-ultrafeedback.yaml # SimPO, full, from the SFT model
     accelerate launch recipes/chat.py --config configs/chat/kto-ultrafeedback.yaml   # KTO, full, from the SFT model
     python recipes/chat.py --config configs/chat/kto-lora.yaml                       # LoRA variants, one GPU
+    accelerate launch recipes/chat.py --config configs/chat/distill-ultrachat.yaml # distillation from a 7B teacher
 
 One YAML holds the script (data), trainer (the method's TRL config: ``ORPOConfig``, ``CPOConfig``, ``KTOConfig`` ...)
 and model (``trl.ModelConfig``) arguments; ``--key value`` overrides any of them, and an unknown key fails before

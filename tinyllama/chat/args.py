@@ -1,6 +1,6 @@
 """Arguments of the chat recipes: TRL's ``ScriptArguments`` + the method's trainer config (``SFTConfig``,
-``DPOConfig``, ``ORPOConfig``, ``CPOConfig``, ``KTOConfig``: ``tinyllama/chat/methods.py``) + ``ModelConfig`` in one
-YAML, parsed by :func:`tinyllama.config.parse_config` (HfArgumentParser underneath, like ``TrlParser``, with its
+``DPOConfig``, ``ORPOConfig``, ``CPOConfig``, ``KTOConfig``, ``DistillationConfig``: ``tinyllama/chat/methods.py``)
++ ``ModelConfig`` in one YAML, parsed by :func:`tinyllama.config.parse_config` (HfArgumentParser underneath, like ``TrlParser``, with its
 ``env:`` mapping) so that every unknown key - e.g. a field TRL renamed or removed in an upgrade - fails the run
 before it starts, with a "did you mean" hint. The config's ``method:`` names the method.
 
@@ -86,6 +86,27 @@ class DPOScriptArguments(ChatScriptArguments):
 
 
 @dataclass
+class DistillScriptArguments(SFTScriptArguments):
+    """The distillation method's data arguments: UltraChat-schema conversations read as prompts (the student writes
+    the replies, TRL's DistillationTrainer samples them)."""
+
+    chat_template: str = field(
+        default="tokenizer",
+        metadata={"help": "'tokenizer' (default: the student's own template, as SFT saved it), 'zephyr', or a "
+                          ".jinja file. The teacher reads the same tokens, rendered with this template."})
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Keep at most the last N prompt tokens (TRL's DistillationTrainer cuts none; the recipe "
+                          "does it after TRL's tokenization: tinyllama/chat/trainers.py)."})
+
+    def validate(self) -> list[str]:
+        errors = super().validate()
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            errors.append("'max_prompt_length' must be >= 1")
+        return errors
+
+
+@dataclass
 class ChatSFTConfig(SFTConfig):
     """TRL's SFTConfig with the chat default: the loss on assistant replies (and their EOS) only."""
 
@@ -96,7 +117,8 @@ class ChatSFTConfig(SFTConfig):
 
 
 # the script arguments of each kind of data (methods.DATA_KINDS)
-SCRIPT_ARGUMENTS = {"chat": SFTScriptArguments, "pairs": DPOScriptArguments, "unpaired": DPOScriptArguments}
+SCRIPT_ARGUMENTS = {"chat": SFTScriptArguments, "pairs": DPOScriptArguments, "unpaired": DPOScriptArguments,
+                    "prompts": DistillScriptArguments}
 
 
 def method_of(args: Sequence[str], recipe_method: str | None = None) -> ChatMethod:

@@ -16,16 +16,18 @@ CARD_HYPERPARAMETERS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "max_length", "max_prompt_length", "packing",
     "packing_strategy", "assistant_only_loss", "beta", "loss_type", "cpo_alpha", "simpo_gamma", "desirable_weight",
-    "undesirable_weight", "bf16", "gradient_checkpointing", "seed",
+    "undesirable_weight", "max_completion_length", "temperature", "bf16", "gradient_checkpointing", "seed",
     "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "load_in_4bit",
     "bnb_4bit_quant_type", "use_bnb_nested_quant", "dtype",
 )
 
 
 def model_card_text(*, method: str, base_model: str, datasets: Sequence[str], config: dict, config_file: str | None,
-                    adapter: bool, world_size: int = 1, metrics: dict | None = None, notes: str = "") -> str:
+                    adapter: bool, world_size: int = 1, metrics: dict | None = None, notes: str = "",
+                    teacher: str | None = None) -> str:
     """README.md for a chat model or adapter: YAML metadata for the Hub, then base, data, recipe, hyperparameters.
-    ``method``: a name of tinyllama/chat/methods.py (its title, recipe script and published recipe are named)."""
+    ``method``: a name of tinyllama/chat/methods.py (its title, recipe script and published recipe are named);
+    ``teacher``: a distillation's teacher (named beside the base model)."""
     m = METHODS[method]
     import yaml
     from huggingface_hub import ModelCardData
@@ -52,18 +54,27 @@ def model_card_text(*, method: str, base_model: str, datasets: Sequence[str], co
     rows.append(f"| global batch (sequences) | {batch} |")
     what = "LoRA adapter" if adapter else "model"
     recipe = f"`{config_file}`" if config_file else "the recipe's command line"
+    if m.teacher:
+        loss = (f"the student sampled its own replies to the prompts and was trained towards the teacher's "
+                f"next-token distribution on them (generalized Jensen-Shannon divergence, beta "
+                f"{config.get('beta', 1.0)}: 0 is KL(teacher || student), 1 is KL(student || teacher)).")
+    elif m.preference:
+        loss = (f"{m.title} compared the chosen and rejected replies of each prompt"
+                + (" (read as desirable and undesirable rows)" if m.data == "unpaired" else "")
+                + f"; reference model: {m.reference}.")
+    else:
+        loss = "the loss was on assistant replies and their `</s>` only."
     lines = [
         "---", data.to_yaml(), "---", "",
         f"# {Path(str(config.get('output_dir', 'model'))).name}", "",
         f"A TinyLlama chat {what} trained with {m.title} ({m.script}, TRL), following {m.follows}.", "",
         f"- **Base model:** `{base_model}`",
+        *([f"- **Teacher:** `{teacher}` (distilled from: its next-token distributions were the targets)"]
+          if teacher else []),
         f"- **Data:** {', '.join(f'`{d}`' for d in datasets)}",
         f"- **Recipe:** {recipe}; the resolved configuration is in `config.yaml` beside this card.",
         "- **Chat template:** Zephyr (`<|system|>`, `<|user|>`, `<|assistant|>`, turns ended by `</s>`), saved with "
-        "the tokenizer; " + ("the loss was on assistant replies and their `</s>` only." if not m.preference else
-                             f"{m.title} compared the chosen and rejected replies of each prompt"
-                             + (" (read as desirable and undesirable rows)" if m.data == "unpaired" else "")
-                             + f"; reference model: {m.reference}."),
+        "the tokenizer; " + loss,
     ]
     if adapter:
         lines.append("- **Use:** load with `peft.AutoPeftModelForCausalLM`, or merge into the base: "
@@ -75,7 +86,11 @@ def model_card_text(*, method: str, base_model: str, datasets: Sequence[str], co
         lines += ["## Results", "", "| metric | value |", "|---|---|",
                   *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()],
                   ""]
-        if any(k.startswith("heldout/") for k in metrics):
+        if any(k.startswith("heldout/kl_") for k in metrics):
+            lines += ["`heldout/kl_*`: on the evaluation split's conversations (their own replies, teacher-forced), "
+                      "the mean per reply token of KL(teacher || student) and KL(student || teacher), in nats; "
+                      "`_start`: the model it started from.", ""]
+        elif any(k.startswith("heldout/") for k in metrics):
             lines += ["`heldout/*`: on the evaluation split's pairs, the mean log-probability per token of the chosen "
                       "reply minus the rejected one's, and the share of pairs where the chosen reply is the likelier, "
                       "the same measure for every method; `_start`: the model it started from.", ""]

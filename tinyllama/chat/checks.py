@@ -1,6 +1,7 @@
 """Early checks of the chat recipes' arguments: each one fails fast with a clear message (QLoRA without CUDA, a LoRA
 adapter given where a full model is needed, a missing local folder, bf16 weights for a full fine-tune, a Hub token in
-a config) instead of a stack trace minutes later; and what a name is (a local path or a Hub id).
+a config, a distillation teacher with another vocabulary) instead of a stack trace minutes later; and what a name is (a
+local path or a Hub id).
 """
 
 from __future__ import annotations
@@ -123,3 +124,45 @@ def precheck_argv(argv: Sequence[str]) -> None:
 
     check_quantization(SimpleNamespace(load_in_4bit=flag("load_in_4bit"), load_in_8bit=flag("load_in_8bit"),
                                        use_peft=True))
+
+
+def check_teacher_vocabulary(teacher: str, student: str, student_tokenizer: str | None = None, *,
+                             teacher_revision: str | None = None, revision: str | None = None,
+                             trust_remote_code: bool = False) -> None:
+    """Distillation matches the teacher's next-token distribution token for token, so the teacher must have the
+    student's vocabulary: the same number of output rows and the same token for every id. Read from the configs and
+    tokenizers only (seconds), before any model is loaded; one message otherwise. TRL compares only the two
+    vocab_size numbers, after both models are loaded: equal sizes are not enough (Mistral-7B and Llama-2 both have
+    32000 tokens, different ones)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    def load(what, name, rev, field):
+        try:
+            return what.from_pretrained(name, revision=rev, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            offline = " (HF_HUB_OFFLINE is set: a Hub id must already be in the local cache)" \
+                if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
+            raise ValueError(f"{field}: cannot read the {'tokenizer' if what is AutoTokenizer else 'config'} of "
+                             f"{name!r}{offline}: {str(e).splitlines()[0]}") from None
+
+    def vocab_size(config):
+        return (config.get_text_config() if hasattr(config, "get_text_config") else config).vocab_size
+
+    field = "teacher_model_name_or_path"
+    sizes = (vocab_size(load(AutoConfig, teacher, teacher_revision, field)),
+             vocab_size(load(AutoConfig, student, revision, "model_name_or_path")))
+    teacher_vocab = load(AutoTokenizer, teacher, teacher_revision, field).get_vocab()
+    student_vocab = load(AutoTokenizer, student_tokenizer or student, revision, "tokenizer_name_or_path").get_vocab()
+    why = None
+    if sizes[0] != sizes[1]:
+        why = f"its model has {sizes[0]} output tokens, the student's {sizes[1]}"
+    elif teacher_vocab != student_vocab:
+        differ = sorted(t for t in set(teacher_vocab) | set(student_vocab)
+                        if teacher_vocab.get(t) != student_vocab.get(t))
+        why = (f"its tokenizer has {len(teacher_vocab)} tokens, the student's {len(student_vocab)}, and "
+               f"{len(differ)} tokens differ in id (e.g. {differ[0]!r}: {teacher_vocab.get(differ[0])} in the teacher, "
+               f"{student_vocab.get(differ[0])} in the student)")
+    if why:
+        raise ValueError(f"{field}: {teacher} has another vocabulary than the student {student}: {why}. Distillation "
+                         "compares the two next-token distributions token for token, so the teacher must share the "
+                         "student's tokenizer (TinyLlama's is Llama-2's: any Llama-2 model can teach it)")

@@ -1,7 +1,8 @@
 """Chat data sets: loading a split (Hub id, local folder or file) and checking every row before any model is loaded,
 with messages that name the dataset, split and row. Schemas: UltraChat (``messages``) for SFT and
 UltraFeedback-binarized (``chosen``/``rejected`` message lists) for the preference methods; KTO reads the same pairs
-as unpaired rows (:func:`prepare_unpaired_dataset`).
+as unpaired rows (:func:`prepare_unpaired_dataset`), distillation the UltraChat conversations as prompts
+(:func:`prepare_prompt_dataset`).
 """
 
 from __future__ import annotations
@@ -129,3 +130,24 @@ def prepare_unpaired_dataset(dataset, name: str, split: str, max_samples: int | 
 
     pairs = prepare_preference_dataset(dataset, name, split, max_samples)
     return unpair_preference_dataset(pairs).shuffle(seed=seed).flatten_indices()
+
+
+def conversation_to_prompt(messages: list[dict]) -> dict:
+    """An UltraChat conversation -> ``{"prompt": every turn before the last assistant reply, "completion": that
+    reply}`` (TRL's conversational prompt-completion format). The distillation trainer reads only ``prompt`` (the
+    student writes its own reply); ``completion`` is the held-out measure's (tinyllama/chat/measure.py)."""
+    last = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
+    return {"prompt": [dict(m) for m in messages[:last]], "completion": [dict(messages[last])]}
+
+
+def prepare_prompt_dataset(dataset, name: str, split: str, max_samples: int | None = None):
+    """Check every row of an UltraChat-schema split (as :func:`prepare_sft_dataset`) and read each conversation as a
+    prompt (:func:`conversation_to_prompt`); a conversation whose last reply follows no user turn is refused."""
+    chats = prepare_sft_dataset(dataset, name, split, max_samples)
+    for i, row in enumerate(chats):
+        prompt = conversation_to_prompt(row["messages"])["prompt"]
+        if not prompt or prompt[-1]["role"] != "user":
+            raise ValueError(f"dataset {name!r} split {split!r} row {i}: the last assistant reply must follow a user "
+                             "message (it is what the student is prompted with)")
+    return chats.map(lambda row: conversation_to_prompt(row["messages"]), remove_columns=["messages"],
+                     desc=f"Reading {split} as prompts")

@@ -7,6 +7,7 @@ functions; their own helpers are in tests/chat_helpers.py).
 | ``ultrachat_200k/``                 | HuggingFaceH4/ultrachat_200k             | train_sft, test_sft    |
 | ``ultrafeedback_binarized/``        | HuggingFaceH4/ultrafeedback_binarized    | train_prefs, test_prefs|
 | ``base/``                           | a base model (TinyLlama/TinyLlama_v1.1)  | (configs/model/demo.json, random weights, demo tokenizer) |
+| ``base-tiny/``                      | a smaller student for distillation       | (configs/model/tiny.json, random weights, demo tokenizer) |
 
 The data sets are laid out like the Hub repositories (``data/<split>-00000-of-00001.parquet``), so
 ``load_dataset("data/demo/chat/ultrachat_200k")`` returns the same split names as the Hub id. Rows are generated
@@ -143,13 +144,15 @@ def build_chat_demo(root: str | Path) -> dict[str, Path]:
     """Build (or reuse) everything the chat demo configs read."""
     root = Path(root)
     paths = {"ultrachat": root / "ultrachat_200k", "ultrafeedback": root / "ultrafeedback_binarized",
-             "base": root / "base"}
+             "base": root / "base", "base_tiny": root / "base-tiny"}
     if not paths["ultrachat"].exists():
         build_ultrachat(paths["ultrachat"])
     if not paths["ultrafeedback"].exists():
         build_ultrafeedback(paths["ultrafeedback"])
     if not paths["base"].exists():
         build_base_model(paths["base"])
+    if not paths["base_tiny"].exists():
+        build_base_model(paths["base_tiny"], model_config="tiny")
     return paths
 
 

@@ -6,6 +6,9 @@ refusal). TRL's own metrics differ by method (DPO and KTO report rewards against
 scaled log-probabilities of the policy alone), so they cannot compare methods, nor a run with the model it started
 from; this can. The recipes write it before and after training (``heldout/*`` in
 ``summary.json`` and the card) for every preference method, on the evaluation split.
+
+Distillation has its own (:func:`heldout_distillation`): how far the student's next-token distribution is from the
+teacher's on held-out conversations, before and after.
 """
 
 from __future__ import annotations
@@ -71,3 +74,56 @@ def heldout_preference(model, tokenizer, pairs, *, max_length: int | None = None
     margins = [c - r for c, r in zip(per_token[0::2], per_token[1::2])]
     n = max(len(margins), 1)
     return {"heldout/logp_margin": sum(margins) / n, "heldout/pair_accuracy": sum(m > 0 for m in margins) / n}
+
+
+def heldout_distillation(student, teacher, tokenizer, rows, *, max_prompt_length: int | None = None,
+                         max_completion_length: int | None = None, batch_size: int = 8, context=None) -> dict:
+    """The distillation method's held-out measure: on held-out conversations (rows with conversational ``prompt``
+    and ``completion``, as :func:`tinyllama.chat.prepare_prompt_dataset` returns them), the mean per reply token
+    (the dataset's reply up to its EOS, teacher-forced, so the same tokens before and after training) of
+    ``KL(teacher || student)`` (``heldout/kl_teacher_student``, forward: TRL's ``beta: 0``) and
+    ``KL(student || teacher)`` (``heldout/kl_student_teacher``, reverse: ``beta: 1``, TRL's default), in nats, at
+    temperature 1. Prompts keep their last ``max_prompt_length`` tokens, replies their first
+    ``max_completion_length`` (as in training). Every process of a distributed run must call it."""
+    import contextlib
+
+    import torch
+
+    sequences = []
+    for row in rows:
+        prompt, reply = reply_token_ids(tokenizer, row["prompt"], row["completion"])
+        if max_prompt_length is not None:
+            prompt = prompt[-max_prompt_length:]
+        if max_completion_length is not None:
+            reply = reply[:max_completion_length]
+        sequences.append((prompt + reply, len(prompt)))
+    device = next(student.parameters()).device
+    modes = student.training, teacher.training
+    student.eval()
+    teacher.eval()
+    forward = backward = tokens = 0.0
+    try:
+        with torch.no_grad(), (context() if context else contextlib.nullcontext()):
+            for i in range(0, len(sequences), batch_size):
+                chunk = sequences[i: i + batch_size]
+                width = max(len(ids) for ids, _ in chunk)
+                input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+                attention = torch.zeros((len(chunk), width), dtype=torch.long)
+                reply = torch.zeros((len(chunk), width), dtype=torch.bool)
+                for j, (ids, start) in enumerate(chunk):
+                    input_ids[j, : len(ids)] = torch.tensor(ids)
+                    attention[j, : len(ids)] = 1
+                    reply[j, start: len(ids)] = True
+                input_ids, attention, reply = input_ids.to(device), attention.to(device), reply.to(device)
+                predicts = reply[:, 1:]  # the positions whose next token is a reply token
+                logp = [torch.log_softmax(m(input_ids=input_ids, attention_mask=attention, use_cache=False)
+                                          .logits[:, :-1][predicts].float(), -1) for m in (student, teacher)]
+                s, t = logp
+                forward += (t.exp() * (t - s)).sum().item()
+                backward += (s.exp() * (s - t)).sum().item()
+                tokens += predicts.sum().item()
+    finally:
+        student.train(modes[0])
+        teacher.train(modes[1])
+    n = max(tokens, 1)
+    return {"heldout/kl_teacher_student": forward / n, "heldout/kl_student_teacher": backward / n}

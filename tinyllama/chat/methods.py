@@ -19,6 +19,8 @@ DATA_KINDS = {
     "pairs": "UltraFeedback-binarized's schema: `chosen` / `rejected` conversations with the same prompt",
     "unpaired": "UltraFeedback-binarized pairs, each read as two rows: (prompt, chosen, desirable) and "
                 "(prompt, rejected, undesirable), shuffled with the run's seed",
+    "prompts": "UltraChat's schema, read as prompts: each conversation up to its last user turn (the student writes "
+               "the reply; the dataset's own last reply is kept for the held-out measure only)",
 }
 
 
@@ -29,7 +31,7 @@ class ChatMethod:
     trainer: str  # the TRL trainer, "module:Class" (imported when a run starts)
     config: str  # its arguments dataclass (TRL's, or ours over TRL's), "module:Class"
     data: str  # a key of DATA_KINDS
-    reference: str  # what the loss compares the policy with: "none" or "a frozen copy of the start"
+    reference: str  # what the loss compares the policy with: "none", "a frozen copy of the start", "the teacher ..."
     script: str  # the recipe that runs it (recipes/chat.py runs every method)
     follows: str  # the published recipe its full config follows (the card names it)
     paper: str
@@ -42,7 +44,12 @@ class ChatMethod:
 
     @property
     def preference(self) -> bool:
-        return self.data != "chat"
+        return self.data in ("pairs", "unpaired")
+
+    @property
+    def teacher(self) -> bool:
+        """A distillation method: it reads ``teacher_model_name_or_path`` (tinyllama/chat/recipe.py, teacher_model)."""
+        return self.data == "prompts"
 
     def trainer_class(self):
         return _load(self.trainer)
@@ -86,6 +93,17 @@ METHODS: dict[str, ChatMethod] = {m.name: m for m in [
         follows="the KTO authors' release (ContextualAI/HALOs as published with the paper: config.yaml, "
                 "loss/kto.yaml, model/base_model.yaml)",
         paper="Ethayarajh et al. 2024, arXiv:2402.01306"),
+    ChatMethod(
+        # TRL's stable DistillationTrainer (on-policy: the student samples the replies, the loss is a generalized JSD
+        # to the teacher's next-token distribution on them); GKD (trl.experimental.gkd) is the same loss with a mix of
+        # off-policy rows, and TRL itself points GKD users here (docs/chat.md, "Distillation")
+        name="distill", title="distillation", trainer="trl:DistillationTrainer",
+        config="trl:DistillationConfig", data="prompts",
+        reference="the teacher (teacher_model_name_or_path: same tokenizer, frozen, in the precision the student "
+                  "computes in)", script="recipes/chat.py",
+        follows="on-policy distillation (Agarwal et al. 2024: the student's own samples, the teacher's "
+                "distributions as targets) as TRL's DistillationTrainer runs it",
+        paper="Agarwal et al. 2024, arXiv:2306.13649"),
 ]}
 PREFERENCE_METHODS = [name for name, m in METHODS.items() if m.preference]
 

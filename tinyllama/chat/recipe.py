@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Sequence
 
 from ..utils import atomic_write_text, complete_cpu_launch, setup_logging
-from .checks import (check_model_source, check_precision, check_quantization, is_adapter_dir, precheck_argv)
-from .datasets import load_split, prepare_preference_dataset, prepare_sft_dataset, prepare_unpaired_dataset
+from .checks import (check_model_source, check_precision, check_quantization, check_teacher_vocabulary, is_adapter_dir,
+                     precheck_argv)
+from .datasets import (load_split, prepare_preference_dataset, prepare_prompt_dataset, prepare_sft_dataset,
+                       prepare_unpaired_dataset)
 from .demo import ensure_demo_assets
 from .methods import ChatMethod, get_method
 from .template import chat_template_from, has_generation_markers, prefix_mismatches, setup_tokenizer
@@ -103,7 +105,8 @@ def config_file_of(argv: Sequence[str]) -> str | None:
 
 def check_args(method: ChatMethod, script_args, training_args, model_args) -> None:
     """Mistakes that would otherwise surface after the model is loaded, or never: the method's arguments first,
-    then the model's (quantization, precision, the start model), building the demo's assets when they are named."""
+    then the model's (quantization, precision, the start model; a distillation method's teacher and its vocabulary),
+    building the demo's assets when they are named."""
     if method.preference:
         n, length = script_args.max_prompt_length, training_args.max_length
         if n is not None and length is not None and n >= length:
@@ -114,11 +117,22 @@ def check_args(method: ChatMethod, script_args, training_args, model_args) -> No
         if method.data == "unpaired" and training_args.per_device_train_batch_size < 2:
             raise ValueError(f"method {method.name}: per_device_train_batch_size must be >= 2: KTO estimates its KL "
                              "term from the other rows of each batch")
+    teacher = getattr(training_args, "teacher_model_name_or_path", None) if method.teacher else None
+    if method.teacher and not teacher:
+        raise ValueError(f"method {method.name} needs teacher_model_name_or_path: a model folder or Hub id with the "
+                         "student's tokenizer (e.g. meta-llama/Llama-2-7b-chat-hf for TinyLlama)")
     check_quantization(model_args)
     check_precision(model_args, training_args)
-    ensure_demo_assets(model_args.model_name_or_path, script_args.dataset_name, script_args.tokenizer_name_or_path)
+    ensure_demo_assets(model_args.model_name_or_path, script_args.dataset_name, script_args.tokenizer_name_or_path,
+                       teacher)
     check_model_source(model_args.model_name_or_path)
-    if not method.preference:
+    if teacher:
+        check_model_source(teacher, "teacher_model_name_or_path")
+        check_teacher_vocabulary(teacher, model_args.model_name_or_path, script_args.tokenizer_name_or_path,
+                                 teacher_revision=training_args.teacher_model_revision,
+                                 revision=model_args.model_revision,
+                                 trust_remote_code=training_args.trust_remote_code)
+    if method.data == "chat":
         template = chat_template_from(script_args.chat_template)
         if training_args.assistant_only_loss and template is not None and not has_generation_markers(template):
             raise ValueError(f"chat_template {script_args.chat_template}: assistant_only_loss needs "
@@ -134,12 +148,15 @@ def _split(method: ChatMethod, script_args, training_args, split: str, max_sampl
         return prepare_sft_dataset(rows, name, split, max_samples)
     if method.data == "unpaired":
         return prepare_unpaired_dataset(rows, name, split, max_samples, seed=training_args.seed)
+    if method.data == "prompts":
+        return prepare_prompt_dataset(rows, name, split, max_samples)
     return prepare_preference_dataset(rows, name, split, max_samples)
 
 
 def build_trainer(method: ChatMethod | str, script_args, training_args, model_args, config_file: str | None = None):
-    """The method's TRL trainer (with our card, and max_prompt_length for the preference methods), its data loaded
-    and checked, the model loaded by TRL from ``model_init_kwargs``."""
+    """The method's TRL trainer (with our card, and max_prompt_length for the preference and distillation methods),
+    its data loaded and checked, the model loaded by TRL from ``model_init_kwargs`` (a distillation method's teacher
+    by :func:`teacher_model`)."""
     from trl import get_peft_config, get_quantization_config
 
     from .trainers import chat_trainer_class
@@ -153,7 +170,7 @@ def build_trainer(method: ChatMethod | str, script_args, training_args, model_ar
     )
     train = _split(method, script_args, training_args, script_args.dataset_train_split,
                    script_args.max_train_samples)
-    evaluation = heldout = None
+    evaluation = heldout = heldout_conversations = None
     if training_args.eval_strategy != "no":
         evaluation = _split(method, script_args, training_args, script_args.dataset_test_split,
                             script_args.max_eval_samples)
@@ -161,6 +178,8 @@ def build_trainer(method: ChatMethod | str, script_args, training_args, model_ar
             heldout = evaluation if method.data == "pairs" else _split(
                 get_method("dpo"), script_args, training_args, script_args.dataset_test_split,
                 script_args.max_eval_samples)
+        if method.teacher:  # the held-out conversations of tinyllama/chat/measure.py, heldout_distillation
+            heldout_conversations = evaluation
     head = train.select(range(min(64, len(train))))
     conversations = head["messages"] if method.data == "chat" else (
         r["prompt"] + r.get("chosen", r.get("completion")) for r in head)
@@ -174,7 +193,7 @@ def build_trainer(method: ChatMethod | str, script_args, training_args, model_ar
     quantization = get_quantization_config(model_args)
     kwargs = dict(model=model_args.model_name_or_path, args=training_args, train_dataset=train,
                   eval_dataset=evaluation, processing_class=tokenizer, peft_config=get_peft_config(model_args))
-    if method.preference:
+    if method.preference or method.teacher:
         kwargs["max_prompt_length"] = script_args.max_prompt_length
     if method.takes_quantization_config:
         kwargs["quantization_config"] = quantization
@@ -184,15 +203,45 @@ def build_trainer(method: ChatMethod | str, script_args, training_args, model_ar
         init_kwargs = {"device_map": None, **init_kwargs,
                        **({"quantization_config": quantization} if quantization is not None else {})}
     training_args.model_init_kwargs = init_kwargs
-    if method.reference != "none":  # DPO, KTO: a frozen copy of the start, in the precision the policy computes in
+    # DPO, KTO: a frozen copy of the start, in the precision the policy computes in
+    if method.reference != "none" and not method.teacher:
         kwargs["ref_model"] = reference_model(training_args, model_args)
-    trainer = chat_trainer_class(method)(**kwargs)
+    teacher_kwargs = None
+    if method.teacher:
+        kwargs["teacher_model"] = teacher_model(training_args, model_args)
+        # TRL refuses teacher_model_init_kwargs beside a loaded teacher; teacher_model() has used them
+        teacher_kwargs, training_args.teacher_model_init_kwargs = training_args.teacher_model_init_kwargs, None
+    try:
+        trainer = chat_trainer_class(method)(**kwargs)
+    finally:
+        if method.teacher:
+            training_args.teacher_model_init_kwargs = teacher_kwargs
     config = config_to_card_dict(script_args, training_args, model_args)
     trainer.card_info = dict(method=method.name, base_model=model_args.model_name_or_path,
                              datasets=[script_args.dataset_name], config=config, config_file=config_file,
-                             adapter=model_args.use_peft)
+                             adapter=model_args.use_peft,
+                             teacher=training_args.teacher_model_name_or_path if method.teacher else None)
     trainer.heldout_pairs = heldout
+    trainer.heldout_conversations = heldout_conversations
     return trainer
+
+
+def teacher_model(training_args, model_args):
+    """A distillation method's teacher, loaded by the recipe rather than by TRL: in the precision the student
+    computes in (bf16 with ``bf16: true``), where TRL would load it in float32 by default (a 7B teacher: 27 GB instead
+    of 13.5 GB, for logits that bf16 autocast rounds anyway); with the student's loading arguments (attention kernel,
+    device placement), ``teacher_model_revision`` and ``teacher_model_init_kwargs`` over them. Without mixed
+    precision the teacher takes the student's dtype. The vocabulary was checked before (check_args)."""
+    import torch
+    from trl.trainer.utils import create_model_from_path
+
+    own = dict(training_args.teacher_model_init_kwargs or {})
+    compute = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
+    kwargs = {**(training_args.model_init_kwargs or {}), **({"dtype": compute} if compute is not None else {}),
+              "revision": training_args.teacher_model_revision or "main", **own}
+    if training_args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+        kwargs["device_map"] = None  # (as TRL does: "auto" fails in distributed training)
+    return create_model_from_path(training_args.teacher_model_name_or_path, **kwargs)
 
 
 def reference_model(training_args, model_args):
@@ -214,12 +263,23 @@ def reference_model(training_args, model_args):
 
 
 def heldout_metrics(trainer, suffix: str = "") -> dict:
-    """tinyllama/chat/measure.py on the trainer's held-out pairs (none: {})."""
+    """tinyllama/chat/measure.py on the trainer's held-out pairs, or a distillation's held-out conversations (none:
+    {})."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if getattr(trainer, "heldout_conversations", None) is not None:
+        from .measure import heldout_distillation
+
+        numbers = heldout_distillation(model, trainer.accelerator.unwrap_model(trainer.teacher_model),
+                                       trainer.processing_class, trainer.heldout_conversations,
+                                       max_prompt_length=trainer.max_prompt_length,
+                                       max_completion_length=trainer.args.max_completion_length,
+                                       batch_size=trainer.args.per_device_eval_batch_size,
+                                       context=trainer.autocast_smart_context_manager)
+        return {k + suffix: v for k, v in numbers.items()}
     if getattr(trainer, "heldout_pairs", None) is None:
         return {}
     from .measure import heldout_preference
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
     numbers = heldout_preference(model, trainer.processing_class, trainer.heldout_pairs,
                                  max_length=trainer.args.max_length,
                                  max_prompt_length=getattr(trainer, "max_prompt_length", None),
@@ -247,7 +307,8 @@ def run_recipe(argv: Sequence[str] | None, recipe_method: str | None = None) -> 
 def train_and_save(trainer, resume, *arg_instances) -> dict:
     """Train (resuming if asked), then write to output_dir: the model or adapter with its tokenizer and chat
     template, ``config.yaml`` (the resolved configuration, no secrets) and README.md (the model card); push the
-    folder to the Hub when ``push_to_hub`` is set. A preference method's held-out measure (measure.py) is taken
+    folder to the Hub when ``push_to_hub`` is set. A preference or distillation method's held-out measure
+    (measure.py) is taken
     before and after training (``heldout/*_start``, ``heldout/*``; before only when not resuming, and not under
     DeepSpeed or FSDP)."""
     output_dir = trainer.args.output_dir

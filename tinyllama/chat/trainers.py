@@ -1,7 +1,8 @@
 """The chat recipes' trainer class for a method: TRL's trainer (``tinyllama/chat/methods.py`` names it) with our model
 card, and ``max_prompt_length``, which TRL >= 1.0 dropped from its configs (Zephyr's DPO used 512 of max_length 1024;
-the SimPO and ORPO recipes 512 of 1024 and 1792 of 2048). Prompts longer than that keep their last tokens (the latest
-turns and the generation prompt, which the reply must follow), as TRL's former default truncation did.
+the SimPO and ORPO recipes 512 of 1024 and 1792 of 2048), and which its DistillationTrainer never had. Prompts
+longer than that keep their last tokens (the latest turns and the generation prompt, which the reply must follow), as
+TRL's former default truncation did.
 
 Two ways, because TRL tokenizes in two ways:
 
@@ -11,6 +12,9 @@ Two ways, because TRL tokenizes in two ways:
   ``\\n`` belongs to the next turn), so TRL would train on ``reply</s>\\n</s>``: here each reply ends at its first
   EOS, which is exactly what SFT trained and what the chat command stops at. The prompt is cut first, then the reply
   to fit max_length (TRL would only cut the reply, to nothing when the prompt alone fills max_length).
+
+And a third for distillation: TRL's DistillationTrainer tokenizes each prompt when the student samples its reply;
+the prompt is cut there (``GeneratedReplies``).
 """
 
 from __future__ import annotations
@@ -67,12 +71,26 @@ class TextRows(MaxPromptLength):
         return batch
 
 
+class GeneratedReplies(MaxPromptLength):
+    """For TRL's DistillationTrainer, which tokenizes the prompts when it samples the student's replies, and cuts
+    none: without this a long multi-turn UltraChat prompt would be generated from, and scored by the teacher, whole."""
+
+    def _tokenize_prompts(self, prompts: list):
+        prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
+        n = self.max_prompt_length
+        if n is not None:
+            prompt_ids = [ids[-n:] for ids in prompt_ids]
+        return prompt_ids, images, multimodal_fields
+
+
 TOKENIZATION = {"trl": TokenizedPrompts, "text": TextRows}
 
 
 def chat_trainer_class(method):
-    """``Chat<TRL trainer>``: our model card, max_prompt_length for the preference methods, then TRL's trainer."""
+    """``Chat<TRL trainer>``: our model card, max_prompt_length for the preference and distillation methods, then
+    TRL's trainer."""
     base = method.trainer_class()
-    mixins = (ChatModelCardMixin,) + ((TOKENIZATION[method.tokenization],) if method.preference else ())
+    mixins = (ChatModelCardMixin,) + ((TOKENIZATION[method.tokenization],) if method.preference else
+                                      (GeneratedReplies,) if method.teacher else ())
     return type(f"Chat{base.__name__}", (*mixins, base), {"__doc__": f"{base.__name__} in the chat recipes "
                                                                      f"(tinyllama/chat/trainers.py)."})

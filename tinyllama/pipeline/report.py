@@ -40,7 +40,12 @@ def summary_rows(stages: list[Planned], ran: dict[str, str]) -> list[dict]:
 
 
 def _heldout_result(metrics: dict) -> str | None:
-    """A preference method's held-out measure (tinyllama/chat/measure.py), start -> end."""
+    """A preference method's held-out measure (tinyllama/chat/measure.py), start -> end; a distillation's held-out
+    KL to its teacher."""
+    kl = metrics.get("heldout/kl_teacher_student")
+    if kl is not None:
+        start = metrics.get("heldout/kl_teacher_student_start")
+        return f"held-out KL(teacher || student) {f'{start:.3f} -> ' if start is not None else ''}{kl:.3f} per token"
     acc, margin = metrics.get("heldout/pair_accuracy"), metrics.get("heldout/logp_margin")
     if acc is None or margin is None:
         return None
