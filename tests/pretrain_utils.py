@@ -146,7 +146,8 @@ def fsdp2_worker(processes: int, out: Path, *args) -> dict:
     return torch.load(out / "final.pt")
 
 
-TIMING = ("tokens_per_sec", "tokens_per_sec_per_device", "mfu", "peak_memory_gb", "checkpoint_seconds")
+TIMING = ("tokens_per_sec", "tokens_per_sec_per_device", "mfu", "mfu_with_teacher", "peak_memory_gb",
+          "checkpoint_seconds")
 
 
 def logged(run_dir: Path) -> list[dict]:
