@@ -48,11 +48,11 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, la
     read chat completions, not packed pretraining samples)."""
     import torch.nn.functional as F
 
-    keep = labels != -100
-    s = student_logits[keep].float() / temperature  # [N, V]
-    t = teacher_logits[keep].float() / temperature
-    if s.shape[0] == 0:
-        return student_logits.sum() * 0.0
+    keep = (labels != -100).reshape(-1).float()  # a weight per position rather than a selection: no copy, no sync
+    s = student_logits.reshape(-1, student_logits.shape[-1]).float()  # [N, V]
+    t = teacher_logits.reshape(-1, teacher_logits.shape[-1]).float()
+    if temperature != 1.0:
+        s, t = s / temperature, t / temperature
     log_s, log_t = F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1)
     if top_k is not None and top_k < s.shape[-1]:
         log_t, index = log_t.topk(top_k, dim=-1)  # the teacher's k most likely tokens, per position
@@ -60,7 +60,7 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, la
         log_t = torch.cat([log_t, _log_rest(log_t)], dim=-1)  # [N, k + 1]
         log_s = torch.cat([log_s, _log_rest(log_s)], dim=-1)
     per_position = F.kl_div(log_s, log_t, log_target=True, reduction="none").sum(-1)
-    return per_position.mean()
+    return (per_position * keep).sum() / keep.sum().clamp(min=1.0)
 
 
 def _log_rest(log_p: torch.Tensor) -> torch.Tensor:
@@ -195,10 +195,18 @@ def prepare_teacher(teacher, accelerator):
             config.pop(key, None)
         config["zero_optimization"].pop("offload_optimizer", None)
         engine, *_ = deepspeed.initialize(model=teacher, config=config)
+        params = list(engine.module.parameters())
+        log.info("teacher partitioned by DeepSpeed ZeRO-3 over %d processes: this rank holds %d of its %d "
+                 "parameters", accelerator.num_processes, sum(p.ds_tensor.numel() for p in params),
+                 sum(p.ds_numel for p in params))
         return engine.eval()
     if accelerator.distributed_type == DistributedType.FSDP and getattr(accelerator.state.fsdp_plugin,
                                                                         "fsdp_version", 1) == 2:
+        log.info("teacher sharded by FSDP2 over %d processes", accelerator.num_processes)
         return shard_fsdp2(teacher, accelerator.device)
+    if accelerator.num_processes > 1:
+        log.info("teacher replicated on each of the %d processes (%s; not wrapped in DDP: it has no gradients)",
+                 accelerator.num_processes, accelerator.distributed_type.value)
     return teacher.to(accelerator.device)
 
 
