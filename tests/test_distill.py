@@ -202,3 +202,36 @@ def test_the_student_reaches_a_lower_held_out_loss_with_the_teacher(tmp_path, de
     assert row["distilled"] < row["plain"] - MARGIN, row
     assert teacher_ce < row["distilled"]  # (the teacher knows more than either student)
     assert losses(tmp_path / "student-plain-60-0")  # (the runs logged their losses)
+
+
+# ---- the pipeline: a distilled stage --------------------------------------------------------------------------------
+def test_the_pipeline_runs_a_distilled_stage_with_an_earlier_stage_as_teacher(tmp_path):
+    """configs/pipeline/demo-distill.yaml planned (nothing run): the distilled stage gets --teacher <the teacher
+    stage>/export/final and its init_from, its resolved config carries the teacher, and a teacher that is about to be
+    (re)trained makes it stale; a teacher naming a later stage is refused when the file loads."""
+    import yaml
+
+    from tinyllama.config import ConfigError
+    from tinyllama.pipeline import load_pipeline
+    from tinyllama.pipeline.plan import plan
+    from tinyllama.pipeline.state import assess
+
+    stages = {p.name: p for p in plan(load_pipeline(REPO / "configs" / "pipeline" / "demo-distill.yaml"),
+                                      root=tmp_path)}
+    student = stages["continual-distill"]
+    argv = dict(zip(student.argv[::2], student.argv[1::2]))
+    assert argv["--teacher"] == str(tmp_path / "teacher" / "export" / "final") == student.resolved["teacher"]
+    assert argv["--init_from"] == str(tmp_path / "basic" / "export" / "final")
+    assert student.resolved["distill_alpha"] == 0.9 and student.teacher is stages["teacher"]
+    assess(list(stages.values()))
+    assert stages["teacher"].state == "new" and student.state == "new"
+    student.run_dir.mkdir(parents=True)  # as if it had run before: the new teacher makes it stale
+    (student.run_dir / "config.yaml").write_text(yaml.safe_dump(student.resolved))
+    assess(list(stages.values()))
+    assert student.state == "stale" and "its teacher, stage teacher" in student.reason
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "configs" / "pipeline" / "demo-distill.yaml").read_text()
+                   .replace("    teacher: teacher\n", "    teacher: later\n") +
+                   "  - name: later\n    config: configs/pretrain/demo-target.yaml\n")
+    with pytest.raises(ConfigError, match="teacher 'later' is not an earlier pretraining stage"):
+        load_pipeline(bad)

@@ -199,7 +199,8 @@ def prepare_teacher(teacher, accelerator):
         log.info("teacher partitioned by DeepSpeed ZeRO-3 over %d processes: this rank holds %d of its %d "
                  "parameters", accelerator.num_processes, sum(p.ds_tensor.numel() for p in params),
                  sum(p.ds_numel for p in params))
-        return engine.eval()
+        engine.eval()  # (DeepSpeedEngine.eval returns None)
+        return engine
     if accelerator.distributed_type == DistributedType.FSDP and getattr(accelerator.state.fsdp_plugin,
                                                                         "fsdp_version", 1) == 2:
         log.info("teacher sharded by FSDP2 over %d processes", accelerator.num_processes)
