@@ -297,7 +297,8 @@ class Interval:
         if (mem := peak_memory_gb()) is not None:  # this interval's peak (reset below), not the run's so far
             row["peak_memory_gb"] = mem
             torch.cuda.reset_peak_memory_stats()
-        read = total[2:2 + len(self.source_names)]  # the sources of the samples actually read since the last log line, all ranks
+        # the sources of the samples actually read since the last log line, all ranks
+        read = total[2:2 + len(self.source_names)]
         for name, c in zip(self.source_names, read.tolist()):
             row[f"mix/{name}"] = c / max(read.sum().item(), 1.0)
         return row
