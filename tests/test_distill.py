@@ -237,3 +237,17 @@ def test_the_pipeline_runs_a_distilled_stage_with_an_earlier_stage_as_teacher(tm
                    "  - name: later\n    config: configs/pretrain/demo-target.yaml\n")
     with pytest.raises(ConfigError, match="teacher 'later' is not an earlier pretraining stage"):
         load_pipeline(bad)
+
+
+def test_mfu_with_teacher_counts_the_teachers_forward_beside_the_students_mfu():
+    from tinyllama.model import flops_per_token, load_model_config
+    from tinyllama.training.distill import forward_flops_per_token
+    from tinyllama.training.metrics import Throughput
+
+    config = load_model_config("tiny")
+    assert forward_flops_per_token(config, 64, 1000) == pytest.approx(flops_per_token(config, 64, 1000) / 3)
+    meter = Throughput(flops_per_token=10.0, num_devices=1, peak_flops=100.0, teacher_flops_per_token=20.0)
+    meter.update(1000)
+    row = meter.read()
+    assert row["mfu_with_teacher"] == pytest.approx(3 * row["mfu"])  # (10 + 20) / 10
+    assert "mfu_with_teacher" not in Throughput(10.0, 1, 100.0).read()  # a plain run logs what it logged before
