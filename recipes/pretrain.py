@@ -36,6 +36,8 @@ from tinyllama.evaluation import export_hook
 from tinyllama.training.checkpointer import Checkpointer
 from tinyllama.training.core import (fill_deepspeed_config, forward_loss, is_deepspeed, make_accelerator,
                                      setup_model, train_step)
+from tinyllama.training.distill import (Distiller, check_teacher, forward_flops_per_token, load_teacher,
+                                        prepare_teacher)
 from tinyllama.training.metrics import MetricsLog, Throughput, device_peak_flops, peak_memory_gb
 from tinyllama.training.optim import build_optimizer
 from tinyllama.training.schedule import BatchSchedule, LRSchedule
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_config(PretrainArgs, argv, default_config=DEMO_CONFIG)
     require_resolved(args)  # lr_step_offset: continue -> a number, the same one on resume
     require_same_run(args)  # a resume continues its run: the global batch, data, optimizer, schedule unchanged
+    check_teacher(args)  # a teacher exists and has the student's vocabulary (configs and tokenizers only)
     args.eval_data_dir = args.eval_data_dir or os.environ.get("EVAL_DATA_DIR") or None  # the one env override
     run_dir = args.run_dir
     accelerator = make_accelerator(args, project_dir=run_dir)
@@ -99,6 +102,11 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{train_set.vocab_size}) does not fit the model's vocab_size {model.config.vocab_size}")
     n_params = count_parameters(model)
     flops = flops_per_token(model.config, args.seq_len, count_parameters(model, exclude_input_embedding=True))
+    teacher, teacher_flops = None, 0.0
+    if args.teacher:  # its weights now; placed or partitioned for the engine after the student's prepare
+        teacher = load_teacher(args, accelerator)
+        teacher_flops = forward_flops_per_token(teacher.config, args.seq_len,
+                                                count_parameters(teacher, exclude_input_embedding=True))
     if not is_deepspeed(accelerator):
         model = model.to(accelerator.device)  # before the optimizer, so fused AdamW sees device tensors
     optimizer = build_optimizer(model, args)
@@ -112,6 +120,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
+    distiller = None
+    if teacher is not None:
+        n_teacher = count_parameters(teacher)
+        distiller = Distiller(prepare_teacher(teacher, accelerator), args.distill_alpha, args.distill_temperature,
+                              args.distill_top_k)
 
     # ---- resume this run, or start from other weights (after prepare: the state is loaded into its wrappers) ----
     metrics = MetricsLog(accelerator, run_dir / "logs")
@@ -139,8 +152,13 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("model %.2fM parameters, %s; %d processes; global batch %d x %d tokens; %d steps from step %d",
              n_params / 1e6, accelerator.unwrap_model(model).config._attn_implementation, world,
              batches.batch_at(state.step), args.seq_len, args.max_steps, state.step)
-    throughput = Throughput(flops, world, device_peak_flops(args.peak_flops))
-    interval = Interval(accelerator, train_set.source_names, throughput)
+    if distiller is not None:
+        log.info("teacher %s: %.2fM parameters, %s; loss = %.3g x CE + %.3g x T^2 x KL at T = %g, %s", args.teacher,
+                 n_teacher / 1e6, teacher_flops_note(teacher_flops, flops), 1 - args.distill_alpha,
+                 args.distill_alpha, args.distill_temperature,
+                 f"top {args.distill_top_k} tokens + the rest" if args.distill_top_k else "whole vocabulary")
+    throughput = Throughput(flops, world, device_peak_flops(args.peak_flops), teacher_flops)
+    interval = Interval(accelerator, train_set.source_names, throughput, distilling=distiller is not None)
     interval.restore(state.log_window)  # a resumed run's first log line averages the same steps as an uninterrupted one
     batches_iter, current_batch = None, None
     bar = tqdm(total=args.max_steps, initial=state.step, desc="pretrain", disable=not accelerator.is_main_process,
@@ -158,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         result = train_step(model, optimizer, accelerator, batches_iter, accum, args.document_masking,
-                            args.max_grad_norm, interval.source_counts)
+                            args.max_grad_norm, interval.source_counts, distiller=distiller)
         state.step += 1
         state.samples += current_batch
         state.tokens += current_batch * args.seq_len
@@ -182,7 +200,9 @@ def main(argv: list[str] | None = None) -> dict:
             row = interval.read(lr=lr, tokens_seen=state.tokens, global_batch=current_batch,
                                 skipped_steps=state.skipped_steps, **checkpointer.stats())
             metrics.log(row, state.step)
-            bar.set_postfix(loss=f"{interval.last_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_sec']:.0f}")
+            parts = {k: f"{row[f'loss_{k}']:.3f}" for k in ("ce", "kl") if f"loss_{k}" in row}
+            bar.set_postfix(loss=f"{interval.last_loss:.3f}", **parts, lr=f"{lr:.2e}",
+                            tok_s=f"{row['tokens_per_sec']:.0f}")
         if val_set is not None and args.eval_every and state.step % args.eval_every == 0:
             metrics.log({"val_loss": validate(model, val_set, args, accelerator)}, state.step)
         stop_now = accelerator.reduce(torch.tensor(float(stop.flag), device=accelerator.device), "sum").item() > 0
@@ -215,9 +235,11 @@ class Interval:
     (``restore``), so a log line whose window straddles a resume, even on another number of processes, shows the
     numbers of an uninterrupted run."""
 
-    def __init__(self, accelerator, source_names: list[str], throughput):
+    def __init__(self, accelerator, source_names: list[str], throughput, distilling: bool = False):
         self.accelerator, self.source_names, self.throughput = accelerator, source_names, throughput
         self.loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+        # with a teacher: the sums of the loss's two parts, CE and KL (the window's last two numbers)
+        self.parts_sum = torch.zeros(2 if distilling else 0, device=accelerator.device, dtype=torch.float64)
         self.loss_count = 0  # micro-batches in loss_sum
         self.source_counts = torch.zeros(len(source_names), dtype=torch.float64)  # samples read, by source (on the
         #                                 host: no copy per micro-batch; moved to the device at log steps)
@@ -229,13 +251,16 @@ class Interval:
         if not result.skipped:
             self.loss_sum += result.loss_sum
             self.loss_count += result.micro_batches
+            if result.parts_sum is not None:
+                self.parts_sum += result.parts_sum
 
     def _reduce_and_reset(self) -> torch.Tensor:
         device = self.loss_sum.device
         total = self.accelerator.reduce(torch.cat([
             torch.stack([self.loss_sum, torch.tensor(float(self.loss_count), device=device, dtype=torch.float64)]),
-            self.source_counts.to(device)]), "sum")
+            self.source_counts.to(device), self.parts_sum]), "sum")
         self.loss_sum.zero_()
+        self.parts_sum.zero_()
         self.source_counts.zero_()
         self.loss_count = 0
         return total
@@ -250,12 +275,14 @@ class Interval:
     def restore(self, window: list[float] | None) -> None:
         """Take back a checkpoint's window: on the main process only (the read at log time sums over ranks)."""
         if window and self.accelerator.is_main_process:
-            if len(window) != 2 + len(self.source_names):
-                raise ValueError(f"the checkpoint's log window has {len(window) - 2} sources, this run's mixture "
-                                 f"{len(self.source_names)}")
+            n, parts = len(self.source_names), len(self.parts_sum)
+            if len(window) != 2 + n + parts:
+                raise ValueError(f"the checkpoint's log window has {len(window) - 2} numbers for sources and loss "
+                                 f"parts, this run {n + parts} ({n} sources" + (", CE and KL)" if parts else ")"))
             self.loss_sum += window[0]
             self.loss_count += int(window[1])
-            self.source_counts += torch.tensor(window[2:], dtype=torch.float64)
+            self.source_counts += torch.tensor(window[2:2 + n], dtype=torch.float64)
+            self.parts_sum += torch.tensor(window[2 + n:], dtype=torch.float64, device=self.parts_sum.device)
 
     def read(self, **fields) -> dict:
         total = self._reduce_and_reset()
@@ -263,12 +290,17 @@ class Interval:
         if total[1] > 0:  # (an interval of only skipped steps has no loss to show)
             self.last_loss = (total[0] / total[1]).item()
             row["loss"] = self.last_loss
+            if len(self.parts_sum):  # the total's two parts, each a mean over the same micro-batches
+                n = len(self.source_names)
+                row["loss_ce"] = (total[2 + n] / total[1]).item()
+                row["loss_kl"] = (total[3 + n] / total[1]).item()
         if self.grad_norm is not None:
             row["grad_norm"] = float(self.grad_norm)
         if (mem := peak_memory_gb()) is not None:  # this interval's peak (reset below), not the run's so far
             row["peak_memory_gb"] = mem
             torch.cuda.reset_peak_memory_stats()
-        read = total[2:]  # the sources of the samples actually read since the last log line, all ranks
+        # the sources of the samples actually read since the last log line, all ranks
+        read = total[2:2 + len(self.source_names)]
         for name, c in zip(self.source_names, read.tolist()):
             row[f"mix/{name}"] = c / max(read.sum().item(), 1.0)
         return row
@@ -296,6 +328,11 @@ def validate(model, val_set, args, accelerator) -> float:
     total = accelerator.reduce(total, "sum")
     model.train()
     return (total[0] / total[1].clamp(min=1)).item()
+
+
+def teacher_flops_note(teacher_flops: float, student_flops: float) -> str:
+    return (f"its forward {teacher_flops / 1e9:.3g} GFLOP per token = {teacher_flops / student_flops:.2f}x the "
+            "student's training step (logged as mfu_with_teacher beside mfu where the peak is known)")
 
 
 def _yaml(d: dict) -> str:

@@ -157,7 +157,8 @@ def fsdp2_worker(processes: int, out: Path, *args) -> dict:
     return torch.load(out / "final.pt")
 
 
-TIMING = ("tokens_per_sec", "tokens_per_sec_per_device", "mfu", "peak_memory_gb", "checkpoint_seconds")
+TIMING = ("tokens_per_sec", "tokens_per_sec_per_device", "mfu", "mfu_with_teacher", "peak_memory_gb",
+          "checkpoint_seconds")
 
 
 def logged(run_dir: Path) -> list[dict]:
@@ -247,3 +248,37 @@ class RecordingHub:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def make_teacher(folder: Path, vocab_size: int | None = None, swap_tokens: tuple[str, str] | None = None,
+                 sharpness: float = 30.0, seed: int = 1) -> Path:
+    """A teacher model folder for the distillation tests, in a second: the tiny model with random weights, its lm_head
+    scaled by ``sharpness`` so that its next-token distributions are peaked (a KL to them is far from 0, as a trained
+    teacher's would be), and the demo tokenizer. ``vocab_size``: another vocabulary size; ``swap_tokens``: the
+    tokenizer with two tokens' ids exchanged (the same size, another vocabulary)."""
+    import shutil
+
+    import torch
+
+    from tinyllama.model import load_model_config
+
+    config = load_model_config("tiny")
+    if vocab_size:
+        config.vocab_size = vocab_size
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpness)
+    model.save_pretrained(folder)
+    tokenizer = REPO / "data" / "demo" / "tokenizer"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(tokenizer / name, folder / name)
+    if swap_tokens:
+        spec = json.loads((folder / "tokenizer.json").read_text())
+        vocab = spec["model"]["vocab"]
+        a, b = swap_tokens
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return folder

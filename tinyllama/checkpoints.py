@@ -335,6 +335,10 @@ def _run_metadata(run_config: Path) -> dict:
 
     cfg = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
     out = {k: cfg[k] for k in ("stage", "run_name", "mixture", "init_from", "lr_step_offset") if k in cfg}
+    if cfg.get("teacher"):  # (the loop's exports: tinyllama.training.checkpointer.distillation_metadata)
+        out["teacher"] = cfg["teacher"]
+        out["distillation"] = {"alpha": cfg.get("distill_alpha"), "temperature": cfg.get("distill_temperature"),
+                               "top_k": cfg.get("distill_top_k")}
     data_dir = cfg.get("data_dir")
     if isinstance(data_dir, str) and Path(data_dir).is_dir():  # (relative paths: to the current directory)
         out["data_dir"] = str(Path(data_dir).resolve())

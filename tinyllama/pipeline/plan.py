@@ -27,6 +27,7 @@ class Planned:
     resolved: dict  # the resolved config (pretrain) or the inputs that define the stage (others)
     state: str = "new"  # new | partial | done | changed | stale | rerun | unavailable
     reason: str = ""
+    teacher: "Planned | None" = None  # the earlier stage whose export/final is this one's teacher (distillation)
 
     @property
     def output(self) -> Path | None:
@@ -77,10 +78,14 @@ def plan(pipeline: Pipeline, variant: str | None = None, root: str | os.PathLike
         upstream = planned[-1] if ref == "previous" else by_name.get(ref)
         init_from = str(upstream.output) if upstream else ref
         overrides = dict(spec.overrides or {})
+        teacher_ref = spec.teacher.replace("{variant}", variant) if spec.teacher else None
+        teacher = by_name.get(teacher_ref)
         if spec.recipe == "pretrain":
             overrides.update({"output_dir": str(run_dir), "resume": "auto"})
             if init_from:
                 overrides["init_from"] = init_from
+            if teacher_ref:  # an earlier stage's export/final, or a folder / Hub id as written
+                overrides["teacher"] = str(teacher.output) if teacher else teacher_ref
             offset = _continued_offset(config, overrides, upstream)
             if offset is not None:
                 overrides["lr_step_offset"] = offset
@@ -94,7 +99,7 @@ def plan(pipeline: Pipeline, variant: str | None = None, root: str | os.PathLike
         else:
             argv = [init_from, spec.suite] + (["--limit", _cli_value(spec.limit)] if spec.limit is not None else [])
             resolved = {"model": init_from, "suite": spec.suite, "limit": spec.limit}
-        planned.append(Planned(spec, name, run_dir, config, upstream, init_from, argv, resolved))
+        planned.append(Planned(spec, name, run_dir, config, upstream, init_from, argv, resolved, teacher=teacher))
     return planned
 
 

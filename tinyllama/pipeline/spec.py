@@ -33,6 +33,7 @@ class StageSpec:
     recipe: str = "pretrain"  # pretrain, a chat method (sft, dpo, orpo, simpo, kto; "{chat}": the chosen one) or eval
     config: Optional[str] = None  # the recipe's YAML ("{variant}" replaced)
     init_from: Optional[str] = None  # an earlier stage's name, or "previous"
+    teacher: Optional[str] = None  # pretrain: distil from an earlier stage (its export/final) or a model folder/Hub id
     overrides: dict = dataclasses.field(default_factory=dict)  # extra --key value for the recipe
     variants: Optional[list[str]] = None  # only in these variants
     optional: Optional[str] = None  # chat or eval: run only with --with-chat / --with-eval
@@ -151,6 +152,12 @@ def _check_plan(pipeline: Pipeline, variant: str, chat: str) -> list[str]:
             errors.append(f"{name}: init_from '{ref}' is not an earlier stage of this variant")
         elif ref and ref in seen and _stage_by_name(pipeline, variant, ref, chat).recipe == "eval":
             errors.append(f"{name}: init_from '{ref}' is an evaluation, which has no model to start from")
+        teacher = spec.teacher.replace("{variant}", variant) if spec.teacher else None
+        if teacher and spec.recipe != "pretrain":
+            errors.append(f"{name}: 'teacher' is for pretraining stages (recipes/pretrain.py)")
+        elif teacher in all_names and (teacher not in seen or
+                                       _stage_by_name(pipeline, variant, teacher, chat).recipe != "pretrain"):
+            errors.append(f"{name}: teacher '{teacher}' is not an earlier pretraining stage of this variant")
         if (spec.recipe in METHODS or spec.recipe == "eval") and not ref:
             errors.append(f"{name}: a {spec.recipe} stage needs init_from (the model it reads)")
         seen.append(name)

@@ -71,6 +71,9 @@ def assess(stages: list[Planned], rerun: str | None = None) -> list[Planned]:
             s.state, s.reason = "unavailable", ("offline (HF_HUB_OFFLINE=1) and no EVAL_DATA_DIR: lm-eval needs the "
                                                 "suite's task data (docs/evaluation.md)")
             continue
+        if s.teacher is not None and s.teacher.state == "unavailable":
+            s.state, s.reason = "unavailable", f"its teacher stage {s.teacher.name} is not run"
+            continue
         if s.upstream is not None and s.upstream.state == "unavailable":
             s.state, s.reason = "unavailable", f"its input stage {s.upstream.name} is not run"
             continue
@@ -98,6 +101,8 @@ def _state_on_disk(s: Planned) -> tuple[str, str]:
                                                                           "this pipeline")
         if marker.get("config_hash") != _config_hash(s.resolved):
             return "changed", "its config or overrides differ from the ones it ran with"
+    if s.teacher is not None and s.teacher.will_run:
+        return "stale", f"its teacher, stage {s.teacher.name}, is about to be (re)trained"
     if s.upstream is not None:
         if s.upstream.will_run:
             return "stale", f"its input, stage {s.upstream.name}, is about to be (re)trained"

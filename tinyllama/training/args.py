@@ -62,6 +62,18 @@ class PretrainArgs:
         "Liger's fused RMSNorm, SwiGLU, RoPE and linear cross-entropy (GPU, liger-kernel installed)"))
     trust_remote_code: bool = field(default=False, metadata=_help("allow model code from the Hub (off)"))
 
+    # ---- distillation (docs/distillation.md) -------------------------------------------------------------------
+    teacher: Optional[str] = field(default=None, metadata=_help(
+        "distil from this model (a model folder or Hub id with the student's vocabulary, checked before any work): "
+        "loss = (1 - distill_alpha) * CE + distill_alpha * T^2 * KL(teacher || student) at temperature T"))
+    distill_alpha: float = field(default=0.5, metadata=_help(
+        "with teacher: the weight of the KL part of the loss, in [0, 1] (0: plain CE, the teacher only watched)"))
+    distill_temperature: float = field(default=1.0, metadata=_help(
+        "with teacher: softmax temperature T of both models in the KL (> 0; the KL is scaled by T^2)"))
+    distill_top_k: Optional[int] = field(default=None, metadata=_help(
+        "with teacher: the KL over the teacher's k most likely tokens per position plus one outcome for the rest "
+        "of each model's mass (default: the whole vocabulary)"))
+
     # ---- data -------------------------------------------------------------------------------------------------
     data_dir: str = field(default="data/demo/tokenized", metadata=_help(
         "folder of prepared sources (scripts/prepare_data.py), one sub-folder per source"))
@@ -197,6 +209,7 @@ class PretrainArgs:
         if self.attn_implementation not in ATTENTION_CHOICES:
             e.append(f"'attn_implementation' must be one of {', '.join(ATTENTION_CHOICES)}, "
                      f"got {self.attn_implementation!r}")
+        e += self._distill_problems()
         bad_trackers = set(self.report_to) - {"tensorboard", "wandb", "none"}
         if bad_trackers:
             e.append(f"'report_to' accepts tensorboard, wandb, none; got {sorted(bad_trackers)}")
@@ -206,6 +219,27 @@ class PretrainArgs:
             parse_mixture(self.mixture)
         except ValueError as err:
             e.append(f"'mixture': {err}")
+        return e
+
+    def _distill_problems(self) -> list[str]:
+        """The distillation settings' ranges (the teacher itself is checked at start-up: tinyllama.training.distill,
+        ``check_teacher``, since a pipeline plans a stage before its teacher may exist)."""
+        e = []
+        if not 0 <= self.distill_alpha <= 1:
+            e.append(f"'distill_alpha' must be in [0, 1], got {self.distill_alpha}")
+        if not self.distill_temperature > 0:
+            e.append(f"'distill_temperature' must be positive, got {self.distill_temperature}")
+        if self.distill_top_k is not None and self.distill_top_k <= 0:
+            e.append(f"'distill_top_k' must be positive (or unset: the whole vocabulary), got {self.distill_top_k}")
+        if not self.teacher:
+            set_here = [n for n, default in (("distill_alpha", 0.5), ("distill_temperature", 1.0),
+                                             ("distill_top_k", None)) if getattr(self, n) != default]
+            if set_here:
+                e.append(f"{', '.join(repr(n) for n in set_here)} set without 'teacher': name the teacher model, or "
+                         "drop them")
+        elif self.use_liger_kernel:
+            e.append("'use_liger_kernel' with 'teacher': Liger's fused cross-entropy never forms the student's "
+                     "logits, which the KL to the teacher needs; set use_liger_kernel: false")
         return e
 
     def _resolve_lr_step_offset(self) -> list[str]:

@@ -21,6 +21,14 @@ from .hub import HubUploader, model_card
 log = logging.getLogger(__name__)
 
 
+def distillation_metadata(a) -> dict:
+    """The teacher and the loss's settings, in every export of a distilled run (nothing for a plain run)."""
+    if not getattr(a, "teacher", None):
+        return {}
+    return {"teacher": a.teacher, "distillation": {"alpha": a.distill_alpha, "temperature": a.distill_temperature,
+                                                  "top_k": a.distill_top_k}}
+
+
 class Checkpointer:
     def __init__(self, accelerator, args, model, tokenizer, run_dir: Path, n_params: int, metrics,
                  on_export: Sequence[Callable[[Path, int], dict]] = ()):
@@ -62,7 +70,7 @@ class Checkpointer:
         # lr_step_offset + step: where this model's learning-rate schedule stopped ('lr_step_offset: continue')
         return {"step": state.step, "tokens_seen": state.tokens, "samples": state.samples, "stage": a.stage,
                 "run_name": a.run_name, "mixture": a.mixture, "data_dir": str(Path(a.data_dir).resolve()),
-                "init_from": a.init_from, "lr_step_offset": a.lr_step_offset}
+                "init_from": a.init_from, "lr_step_offset": a.lr_step_offset, **distillation_metadata(a)}
 
     def export_initial(self, state: TrainState) -> None:
         """The weights this run starts from, before any update (to check what init_from loaded)."""

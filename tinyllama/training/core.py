@@ -239,26 +239,29 @@ class StepResult:
     micro_batches: int  # how many micro-batch losses loss_sum holds (0 when skipped)
     grad_norm: torch.Tensor | float | None  # before clipping; None when the step was skipped before the backward
     skipped: bool  # a non-finite loss or gradient: no update was made (the step's data is consumed anyway)
+    parts_sum: torch.Tensor | None = None  # with a teacher: float64 [CE sum, KL sum] of the micro-batches in loss_sum
 
 
 def train_step(model, optimizer, accelerator, batches, accum: int, document_masking: bool, max_grad_norm: float,
-               source_counts: torch.Tensor) -> StepResult:
+               source_counts: torch.Tensor, distiller=None) -> StepResult:
     """One optimizer step over ``accum`` micro-batches, with the same decision on every rank.
 
     A non-finite loss on any rank skips the update (the step's remaining micro-batches are read, so the data
     position stays a function of the step, and not trained on); so does a non-finite gradient norm. DeepSpeed
     updates the weights inside the last micro-batch's backward, so there the decision is taken before that backward
     (one all-reduce per step); elsewhere it is taken after the backward, before ``optimizer.step()``.
-    ``source_counts`` (on the host) counts the samples read, by source. The loss is returned as a float64 sum of micro-batch losses, not a mean:
-    sums of float32 values in float64 are exact, so the logged mean over a window is the same number however the
+    ``source_counts`` (on the host) counts the samples read, by source. The loss is returned as a float64 sum of
+    micro-batch losses, not a mean: sums of float32 values in float64 are exact, so the logged mean over a window is the same number however the
     window's micro-batches were split over ranks and steps (a resume on another world size logs what an
-    uninterrupted run logs).
+    uninterrupted run logs). ``distiller`` (tinyllama.training.distill): the loss mixes the CE with the KL to a
+    teacher, and the two parts are summed beside it (``parts_sum``).
     """
     deepspeed = is_deepspeed(accelerator)
     device = accelerator.device
     accelerator.step = 0  # micro-step counter of accumulate(): sync on the last micro-batch of this step
     nonfinite = torch.zeros((), device=device)
     step_loss = torch.zeros((), device=device, dtype=torch.float64)
+    step_parts = torch.zeros(2, device=device, dtype=torch.float64) if distiller is not None else None
     skipped, grad_norm = False, None
     for micro in range(accum):
         batch = next(batches)
@@ -266,7 +269,10 @@ def train_step(model, optimizer, accelerator, batches, accum: int, document_mask
         if skipped:
             continue  # the rest of a skipped step: its data is consumed, not trained on
         with accelerator.accumulate(model):
-            loss = forward_loss(model, batch, document_masking, device)
+            if distiller is None:
+                loss = forward_loss(model, batch, document_masking, device)
+            else:
+                loss, ce, kl = distiller.loss(model, batch, document_masking, device)
             nonfinite += ~torch.isfinite(loss.detach())
             if micro == accum - 1 and deepspeed:  # DeepSpeed steps inside this backward: decide before it
                 skipped = accelerator.reduce(nonfinite, "sum").item() > 0
@@ -275,6 +281,8 @@ def train_step(model, optimizer, accelerator, batches, accum: int, document_mask
                     continue
             accelerator.backward(loss)
             step_loss += loss.detach().double()
+            if step_parts is not None:
+                step_parts += torch.stack([ce, kl]).double()
     if deepspeed:
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if not skipped else None
         skipped = skipped or grad_norm is None or not math.isfinite(float(grad_norm))
@@ -286,4 +294,4 @@ def train_step(model, optimizer, accelerator, batches, accum: int, document_mask
         if not skipped:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(step_loss, 0 if skipped else accum, grad_norm, skipped)
+    return StepResult(step_loss, 0 if skipped else accum, grad_norm, skipped, step_parts)

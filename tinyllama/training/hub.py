@@ -109,18 +109,26 @@ def model_card(args, metadata: dict, n_params: int, eval_results: dict | None = 
         "seq_len": args.seq_len, "weight_decay": args.weight_decay, "betas": (args.adam_beta1, args.adam_beta2),
         "max_grad_norm": args.max_grad_norm, "mixed_precision": args.mixed_precision, "seed": args.seed,
     }
+    distilled = ""
+    if getattr(args, "teacher", None):  # distilled: the teacher and the loss
+        k = f"the teacher's top {args.distill_top_k} tokens plus the rest" if args.distill_top_k else "the vocabulary"
+        distilled = (f"\nDistilled from the teacher `{args.teacher}`: loss = {1 - args.distill_alpha:g} x "
+                     f"cross-entropy + {args.distill_alpha:g} x T^2 x KL(teacher || student) at temperature T = "
+                     f"{args.distill_temperature:g}, over {k}.\n")
+        hp.update({"teacher": args.teacher, "distill_alpha": args.distill_alpha,
+                   "distill_temperature": args.distill_temperature, "distill_top_k": args.distill_top_k})
     hp_rows = "\n".join(f"| {k} | {v} |" for k, v in hp.items())
     evals = ""
     if eval_results:
         rows = "\n".join(f"| {task} | {metric} | {value:.4f} |" for task, metrics in eval_results.items()
                          for metric, value in metrics.items() if isinstance(value, (int, float)))
         evals = f"\n## Evaluation\n| task | metric | value |\n|---|---|---|\n{rows}\n"
-    base = f"\nInitialised from `{args.init_from}`.\n" if args.init_from else ""
+    base = (f"\nInitialised from `{args.init_from}`.\n" if args.init_from else "") + distilled
     return f"""---
 library_name: transformers
 license: apache-2.0
 pipeline_tag: text-generation
-tags: [tinyllama, llama, pretraining]
+tags: [tinyllama, llama, pretraining{', distillation' if distilled else ''}]
 ---
 # {args.run_name} ({args.stage}, step {metadata['step']})
 

@@ -1,7 +1,9 @@
 """Throughput and model FLOPs utilization (MFU), and the run's metrics log.
 
 MFU = tokens/s x FLOPs per token / (devices x peak FLOP/s), FLOPs per token = 6·N + 12·L·H·Q·T
-(``tinyllama.model.flops_per_token``; TinyLlama's 56% on A100 uses the same convention).
+(``tinyllama.model.flops_per_token``; TinyLlama's 56% on A100 uses the same convention). With a distillation
+teacher, ``mfu`` stays the student's (comparable with plain runs) and ``mfu_with_teacher`` adds the teacher's
+forward, 2·N_T + 4·L·H·Q·T per token.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ def synchronize_device() -> None:
 class Throughput:
     """Tokens/s and MFU over the steps since the last ``read``, timed from device-synchronised clock reads."""
 
-    def __init__(self, flops_per_token: float, num_devices: int, peak_flops: float | None):
+    def __init__(self, flops_per_token: float, num_devices: int, peak_flops: float | None,
+                 teacher_flops_per_token: float = 0.0):
         self.flops_per_token = flops_per_token
+        self.teacher_flops_per_token = teacher_flops_per_token  # a distillation teacher's forward (2·N_T + 4·L·H·Q·T)
         self.num_devices = num_devices
         self.peak_flops = peak_flops
         self.reset()
@@ -61,6 +65,9 @@ class Throughput:
         out = {"tokens_per_sec": tps, "tokens_per_sec_per_device": tps / self.num_devices}
         if self.peak_flops:
             out["mfu"] = tps * self.flops_per_token / (self.num_devices * self.peak_flops)
+            if self.teacher_flops_per_token:  # the same tokens/s counting the teacher's forward too
+                out["mfu_with_teacher"] = tps * (self.flops_per_token + self.teacher_flops_per_token) / (
+                    self.num_devices * self.peak_flops)
         self.reset()
         return out
 
