@@ -296,3 +296,28 @@ def test_script_reports_missing_offline_data_before_loading(fake_model, tmp_path
     for task in ("hellaswag", "openbookqa", "winogrande", "arc_challenge", "arc_easy", "boolq", "piqa"):
         assert f"  - {task}: no local file for split" in p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_lm_eval_task_index_is_kept_on_disk_and_rebuilt_when_unreadable(tmp_path, monkeypatch):
+    """lm-eval's index (14 s to build) is built once per installed lm-eval and read back from the cache folder; a
+    cache file that cannot be read is rebuilt, not trusted."""
+    import lm_eval.tasks
+
+    from tinyllama.evaluation.suites import lm_eval_task_index
+
+    built = []
+
+    class Manager:  # stands in for lm-eval's TaskManager: counts the builds
+        def __init__(self):
+            built.append(1)
+            self.task_index = {"arc_easy": ("entry", len(built))}
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Manager)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    index = lm_eval_task_index.__wrapped__  # (without the per-process cache)
+    assert index() == {"arc_easy": ("entry", 1)} and len(built) == 1
+    [cache] = (tmp_path / "tinyllama").glob("lm-eval-index-*.pkl")
+    assert index() == {"arc_easy": ("entry", 1)} and len(built) == 1  # read back, not rebuilt
+    cache.write_bytes(b"not a pickle")
+    assert index() == {"arc_easy": ("entry", 2)} and len(built) == 2
+    assert index() == {"arc_easy": ("entry", 2)} and len(built) == 2
