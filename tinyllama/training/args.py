@@ -163,12 +163,13 @@ class PretrainArgs:
         e = []
         world = int(os.environ.get("WORLD_SIZE", "1"))
         for name in ("learning_rate", "seq_len", "micro_batch_size", "global_batch_size", "max_steps",
-                     "log_every", "save_every", "keep_last", "max_nonfinite_steps", "hub_upload_retries", "hub_wait_timeout"):
+                     "log_every", "save_every", "keep_last", "max_nonfinite_steps", "hub_upload_retries",
+                     "hub_wait_timeout"):
             if getattr(self, name) <= 0:
                 e.append(f"'{name}' must be positive, got {getattr(self, name)}")
         e += self._resolve_lr_step_offset()
         for name in ("min_lr", "warmup_steps", "weight_decay", "max_grad_norm", "eval_every", "lr_step_offset",
-                     "num_workers", "adam_epsilon"):
+                     "num_workers", "adam_epsilon", "hub_retry_backoff"):
             if isinstance(getattr(self, name), (int, float)) and getattr(self, name) < 0:
                 e.append(f"'{name}' must not be negative, got {getattr(self, name)}")
         if self.min_lr > self.learning_rate > 0:
