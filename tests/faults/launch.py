@@ -27,6 +27,11 @@ Points (each counted per process, the n-th occurrence triggers):
     TINYLLAMA_TEST_SIGTERM_AFTER_STEP=N           pretraining: SIGTERM to this process when its N-th optimizer step
                                                   returns (a preemption between steps: the checkpoint is step N of
                                                   a run that started at 0)
+    TINYLLAMA_TEST_NO_DS_SHM_OP=1                 a DeepSpeed process on CPU does not JIT-compile DeepSpeed's
+                                                  shared-memory all-reduce op (used only by inference_all_reduce,
+                                                  never in training): its build is cached in ~/.cache/torch_extensions
+                                                  keyed by the source paths, so every fresh venv (each CI clone)
+                                                  recompiled it in its first DeepSpeed test, 60-90 s
 
 The hooks wrap library functions from the outside (nothing in the package changes for the tests); with the
 variables unset the script runs exactly as ``python SCRIPT``. The same variables work in every Python process that
@@ -189,6 +194,11 @@ def install_from_env() -> None:
         install(os.environ["TINYLLAMA_TEST_FAULT"])
     if os.environ.get("TINYLLAMA_TEST_RECORD_SAMPLES"):
         record_samples(os.environ["TINYLLAMA_TEST_RECORD_SAMPLES"])
+    if os.environ.get("TINYLLAMA_TEST_NO_DS_SHM_OP") and os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
+        import importlib
+
+        # (import_module: the attribute deepspeed.comm.torch is the torch library, re-exported by deepspeed.comm)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     if os.environ.get("TINYLLAMA_TEST_NAN_STEPS") or os.environ.get("TINYLLAMA_TEST_SIGTERM_AFTER_STEP"):
         import tinyllama.training.core as core
 
