@@ -60,8 +60,18 @@ class SFTScriptArguments(ChatScriptArguments):
                                                                            "eval_strategy is not 'no')."})
 
 
+class _PromptLengthCheck:
+    """``validate`` of the script arguments that have ``max_prompt_length`` (preference methods, distillation)."""
+
+    def validate(self) -> list[str]:
+        errors = super().validate()
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            errors.append("'max_prompt_length' must be >= 1")
+        return errors
+
+
 @dataclass
-class DPOScriptArguments(ChatScriptArguments):
+class DPOScriptArguments(_PromptLengthCheck, ChatScriptArguments):
     """The preference methods' data arguments (DPO, ORPO, SimPO; KTO reads the same pairs as unpaired rows)."""
 
     dataset_name: str | None = field(
@@ -78,15 +88,9 @@ class DPOScriptArguments(ChatScriptArguments):
         metadata={"help": "Keep at most the last N prompt tokens (Zephyr: 512). TRL >= 1.0 dropped this option; "
                           "the recipe applies it after TRL's tokenization (tinyllama/chat/trainers.py)."})
 
-    def validate(self) -> list[str]:
-        errors = super().validate()
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            errors.append("'max_prompt_length' must be >= 1")
-        return errors
-
 
 @dataclass
-class DistillScriptArguments(SFTScriptArguments):
+class DistillScriptArguments(_PromptLengthCheck, SFTScriptArguments):
     """The distillation method's data arguments: UltraChat-schema conversations read as prompts (the student writes
     the replies, TRL's DistillationTrainer samples them)."""
 
@@ -98,12 +102,6 @@ class DistillScriptArguments(SFTScriptArguments):
         default=None,
         metadata={"help": "Keep at most the last N prompt tokens (TRL's DistillationTrainer cuts none; the recipe "
                           "does it after TRL's tokenization: tinyllama/chat/trainers.py)."})
-
-    def validate(self) -> list[str]:
-        errors = super().validate()
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            errors.append("'max_prompt_length' must be >= 1")
-        return errors
 
 
 @dataclass

@@ -27,6 +27,24 @@ def reply_token_ids(tokenizer, prompt: list[dict], reply: list[dict]) -> tuple[l
     return full[:start], ids
 
 
+
+def padded_batches(sequences, pad_id: int, batch_size: int, device):
+    """``(input_ids, attention_mask, reply mask)`` on ``device``, ``batch_size`` sequences at a time, right-padded
+    with ``pad_id``; ``sequences``: ``(token ids, index where the reply starts)``."""
+    import torch
+
+    for i in range(0, len(sequences), batch_size):
+        chunk = sequences[i: i + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        reply = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for j, (ids, start) in enumerate(chunk):
+            input_ids[j, : len(ids)] = torch.tensor(ids)
+            attention[j, : len(ids)] = 1
+            reply[j, start: len(ids)] = True
+        yield input_ids.to(device), attention.to(device), reply.to(device)
+
 def heldout_preference(model, tokenizer, pairs, *, max_length: int | None = None,
                        max_prompt_length: int | None = None, batch_size: int = 8, context=None) -> dict:
     """``{"heldout/logp_margin": mean over pairs of (mean token logp of chosen - of rejected), "heldout/pair_accuracy":
@@ -53,17 +71,7 @@ def heldout_preference(model, tokenizer, pairs, *, max_length: int | None = None
     logps, lengths = [], []
     try:
         with torch.no_grad(), (context() if context else contextlib.nullcontext()):
-            for i in range(0, len(sequences), batch_size):
-                chunk = sequences[i: i + batch_size]
-                width = max(len(ids) for ids, _ in chunk)
-                input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-                attention = torch.zeros((len(chunk), width), dtype=torch.long)
-                reply = torch.zeros((len(chunk), width), dtype=torch.bool)
-                for j, (ids, start) in enumerate(chunk):
-                    input_ids[j, : len(ids)] = torch.tensor(ids)
-                    attention[j, : len(ids)] = 1
-                    reply[j, start: len(ids)] = True
-                input_ids, attention, reply = input_ids.to(device), attention.to(device), reply.to(device)
+            for input_ids, attention, reply in padded_batches(sequences, tokenizer.pad_token_id, batch_size, device):
                 logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits.float()
                 token_logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, input_ids[:, 1:, None])[..., 0]
                 logps += (token_logps * reply[:, 1:]).sum(-1).tolist()
@@ -104,17 +112,7 @@ def heldout_distillation(student, teacher, tokenizer, rows, *, max_prompt_length
     forward = backward = tokens = 0.0
     try:
         with torch.no_grad(), (context() if context else contextlib.nullcontext()):
-            for i in range(0, len(sequences), batch_size):
-                chunk = sequences[i: i + batch_size]
-                width = max(len(ids) for ids, _ in chunk)
-                input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-                attention = torch.zeros((len(chunk), width), dtype=torch.long)
-                reply = torch.zeros((len(chunk), width), dtype=torch.bool)
-                for j, (ids, start) in enumerate(chunk):
-                    input_ids[j, : len(ids)] = torch.tensor(ids)
-                    attention[j, : len(ids)] = 1
-                    reply[j, start: len(ids)] = True
-                input_ids, attention, reply = input_ids.to(device), attention.to(device), reply.to(device)
+            for input_ids, attention, reply in padded_batches(sequences, tokenizer.pad_token_id, batch_size, device):
                 predicts = reply[:, 1:]  # the positions whose next token is a reply token
                 logp = [torch.log_softmax(m(input_ids=input_ids, attention_mask=attention, use_cache=False)
                                           .logits[:, :-1][predicts].float(), -1) for m in (student, teacher)]
