@@ -348,6 +348,12 @@ EDGE_CASES = [
 # ---- the guard of data preparation ------------------------------------------------------------------------------
 
 
+def differing_tokens(vocab_a: dict[str, int], vocab_b: dict[str, int]) -> list[str]:
+    """The tokens (of either vocabulary, sorted) that the two token -> id maps give different ids, or only one has:
+    empty when two tokenizers share a vocabulary (what a distillation teacher and its student must)."""
+    return sorted(t for t in set(vocab_a) | set(vocab_b) if vocab_a.get(t) != vocab_b.get(t))
+
+
 class TokenizerMismatch(ValueError):
     """A fast tokenizer does not encode like the SentencePiece model it comes with."""
 

@@ -12,6 +12,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..tokenizer import differing_tokens
+from ..utils import offline
+
 log = logging.getLogger(__name__)
 
 
@@ -140,10 +143,9 @@ def check_teacher_vocabulary(teacher: str, student: str, student_tokenizer: str 
         try:
             return what.from_pretrained(name, revision=rev, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
-            offline = " (HF_HUB_OFFLINE is set: a Hub id must already be in the local cache)" \
-                if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
+            hint = " (HF_HUB_OFFLINE is set: a Hub id must already be in the local cache)" if offline() else ""
             raise ValueError(f"{field}: cannot read the {'tokenizer' if what is AutoTokenizer else 'config'} of "
-                             f"{name!r}{offline}: {str(e).splitlines()[0]}") from None
+                             f"{name!r}{hint}: {str(e).splitlines()[0]}") from None
 
     def vocab_size(config):
         return (config.get_text_config() if hasattr(config, "get_text_config") else config).vocab_size
@@ -157,8 +159,7 @@ def check_teacher_vocabulary(teacher: str, student: str, student_tokenizer: str 
     if sizes[0] != sizes[1]:
         why = f"its model has {sizes[0]} output tokens, the student's {sizes[1]}"
     elif teacher_vocab != student_vocab:
-        differ = sorted(t for t in set(teacher_vocab) | set(student_vocab)
-                        if teacher_vocab.get(t) != student_vocab.get(t))
+        differ = differing_tokens(teacher_vocab, student_vocab)
         why = (f"its tokenizer has {len(teacher_vocab)} tokens, the student's {len(student_vocab)}, and "
                f"{len(differ)} tokens differ in id (e.g. {differ[0]!r}: {teacher_vocab.get(differ[0])} in the teacher, "
                f"{student_vocab.get(differ[0])} in the student)")

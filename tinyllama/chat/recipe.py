@@ -232,16 +232,11 @@ def teacher_model(training_args, model_args):
     of 13.5 GB, for logits that bf16 autocast rounds anyway); with the student's loading arguments (attention kernel,
     device placement), ``teacher_model_revision`` and ``teacher_model_init_kwargs`` over them. Without mixed
     precision the teacher takes the student's dtype. The vocabulary was checked before (check_args)."""
-    import torch
-    from trl.trainer.utils import create_model_from_path
-
-    own = dict(training_args.teacher_model_init_kwargs or {})
-    compute = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
-    kwargs = {**(training_args.model_init_kwargs or {}), **({"dtype": compute} if compute is not None else {}),
-              "revision": training_args.teacher_model_revision or "main", **own}
-    if training_args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
-        kwargs["device_map"] = None  # (as TRL does: "auto" fails in distributed training)
-    return create_model_from_path(training_args.teacher_model_name_or_path, **kwargs)
+    compute = _compute_dtype(training_args)
+    overrides = {**({"dtype": compute} if compute is not None else {}),
+                 "revision": training_args.teacher_model_revision or "main",
+                 **(training_args.teacher_model_init_kwargs or {})}  # (the teacher's own kwargs last: they win)
+    return _frozen_model(training_args.teacher_model_name_or_path, training_args, **overrides)
 
 
 def reference_model(training_args, model_args):
@@ -250,16 +245,29 @@ def reference_model(training_args, model_args):
     bf16 autocast rounds at every matmul anyway. None where TRL loads none: LoRA (the adapter switched off) and
     ``precompute_ref_log_probs`` (the reference log-probs are computed once, before training); and without mixed
     precision (the reference is then the policy's dtype, as in TRL)."""
-    import torch
-    from trl.trainer.utils import create_model_from_path
-
-    compute = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
+    compute = _compute_dtype(training_args)
     if model_args.use_peft or training_args.precompute_ref_log_probs or compute is None:
         return None
-    kwargs = {**(training_args.model_init_kwargs or {}), "dtype": compute}
+    return _frozen_model(model_args.model_name_or_path, training_args, dtype=compute)
+
+
+def _compute_dtype(training_args):
+    """The dtype mixed precision computes in (bf16 / fp16), or None without mixed precision."""
+    import torch
+
+    return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
+
+
+def _frozen_model(name: str, training_args, **overrides):
+    """A model TRL does not train (DPO/KTO's reference, a distillation teacher), loaded with the student's
+    ``model_init_kwargs`` under ``overrides``; no ``device_map`` in distributed training (as TRL does: "auto" fails
+    there)."""
+    from trl.trainer.utils import create_model_from_path
+
+    kwargs = {**(training_args.model_init_kwargs or {}), **overrides}
     if training_args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
-        kwargs["device_map"] = None  # (as TRL does: "auto" fails in distributed training)
-    return create_model_from_path(model_args.model_name_or_path, **kwargs)
+        kwargs["device_map"] = None
+    return create_model_from_path(name, **kwargs)
 
 
 def heldout_metrics(trainer, suffix: str = "") -> dict:
@@ -308,8 +316,7 @@ def train_and_save(trainer, resume, *arg_instances) -> dict:
     """Train (resuming if asked), then write to output_dir: the model or adapter with its tokenizer and chat
     template, ``config.yaml`` (the resolved configuration, no secrets) and README.md (the model card); push the
     folder to the Hub when ``push_to_hub`` is set. A preference or distillation method's held-out measure
-    (measure.py) is taken
-    before and after training (``heldout/*_start``, ``heldout/*``; before only when not resuming, and not under
+    (measure.py) is taken before and after training (``heldout/*_start``, ``heldout/*``; before only when not resuming, and not under
     DeepSpeed or FSDP)."""
     output_dir = trainer.args.output_dir
     if trainer.is_world_process_zero():

@@ -251,9 +251,9 @@ def train_step(model, optimizer, accelerator, batches, accum: int, document_mask
     updates the weights inside the last micro-batch's backward, so there the decision is taken before that backward
     (one all-reduce per step); elsewhere it is taken after the backward, before ``optimizer.step()``.
     ``source_counts`` (on the host) counts the samples read, by source. The loss is returned as a float64 sum of
-    micro-batch losses, not a mean: sums of float32 values in float64 are exact, so the logged mean over a window is the same number however the
-    window's micro-batches were split over ranks and steps (a resume on another world size logs what an
-    uninterrupted run logs). ``distiller`` (tinyllama.training.distill): the loss mixes the CE with the KL to a
+    micro-batch losses, not a mean: sums of float32 values in float64 are exact, so the logged mean over a window is
+    the same number however the window's micro-batches were split over ranks and steps (a resume on another world
+    size logs what an uninterrupted run logs). ``distiller`` (tinyllama.training.distill): the loss mixes the CE with the KL to a
     teacher, and the two parts are summed beside it (``parts_sum``).
     """
     deepspeed = is_deepspeed(accelerator)

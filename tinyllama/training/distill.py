@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from ..tokenizer import differing_tokens
+
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -151,7 +153,7 @@ def check_teacher(args) -> None:
 
     ours = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=args.trust_remote_code).get_vocab()
     theirs = teacher_tok.get_vocab()
-    differ = sorted(t for t in set(ours) | set(theirs) if ours.get(t) != theirs.get(t))
+    differ = differing_tokens(ours, theirs)
     if differ:
         shown = ", ".join(f"{t!r}: {ours.get(t)} vs {theirs.get(t)}" for t in differ[:5])
         raise ValueError(
