@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -233,8 +233,9 @@ class PretrainArgs:
         if self.distill_top_k is not None and self.distill_top_k <= 0:
             e.append(f"'distill_top_k' must be positive (or unset: the whole vocabulary), got {self.distill_top_k}")
         if not self.teacher:
-            set_here = [n for n, default in (("distill_alpha", 0.5), ("distill_temperature", 1.0),
-                                             ("distill_top_k", None)) if getattr(self, n) != default]
+            defaults = {f.name: f.default for f in fields(self)}
+            set_here = [n for n in ("distill_alpha", "distill_temperature", "distill_top_k")
+                        if getattr(self, n) != defaults[n]]
             if set_here:
                 e.append(f"{', '.join(repr(n) for n in set_here)} set without 'teacher': name the teacher model, or "
                          "drop them")
