@@ -53,14 +53,13 @@ def run_recipe(out: Path, settings: dict) -> float:
         spec = importlib.util.spec_from_file_location("_distill_pretrain", REPO / "recipes" / "pretrain.py")
         recipe = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(recipe)
-        for reset in (lambda: AcceleratorState._reset_state(True), GradientState._reset_state,
-                      PartialState._reset_state):
+        resets = (lambda: AcceleratorState._reset_state(True), GradientState._reset_state, PartialState._reset_state)
+        for reset in resets:
             reset()
         try:
             recipe.main(["--config", str(BASE), "--output_dir", str(out), *_argv(settings)])
         finally:
-            for reset in (lambda: AcceleratorState._reset_state(True), GradientState._reset_state,
-                          PartialState._reset_state):
+            for reset in resets:
                 reset()
     rows = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     return [r["val_loss"] for r in rows if "val_loss" in r][-1]
