@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -27,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from tinyllama import environment
 from tinyllama.checkpoints import accelerator_format, resume_source
 from tinyllama.config import config_to_dict, parse_config
 from tinyllama.data import DistributedStepSampler, MixtureDataset, parse_mixture, prepare_data, validation_dataset
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     require_resolved(args)  # lr_step_offset: continue -> a number, the same one on resume
     require_same_run(args)  # a resume continues its run: the global batch, data, optimizer, schedule unchanged
     check_teacher(args)  # a teacher exists and has the student's vocabulary (configs and tokenizers only)
-    args.eval_data_dir = args.eval_data_dir or os.environ.get("EVAL_DATA_DIR") or None  # the one env override
+    args.eval_data_dir = args.eval_data_dir or environment.eval_data_dir()  # the one env override
     run_dir = args.run_dir
     accelerator = make_accelerator(args, project_dir=run_dir)
     setup_logging(main_process=accelerator.is_main_process)

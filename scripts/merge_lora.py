@@ -18,7 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from tinyllama.chat import is_hub_id, check_model_source, is_adapter_dir
+from tinyllama.chat import check_model_source, is_adapter_dir
+from tinyllama.utils import is_hub_id
 from tinyllama.tokenizer import save_tokenizer
 from tinyllama.utils import atomic_dir, entry_point
 

@@ -12,6 +12,7 @@ PACKAGE = REPO / "tinyllama"
 # Lowest first. A unit is a subpackage of tinyllama/ or a top-level module; it may import from the layers below
 # its own, never from its own layer (another unit) or above. docs/architecture.md ("Layers") says why each sits where.
 LAYERS = [
+    {"environment"},
     {"utils"},
     {"config", "attention"},
     {"model", "tokenizer"},
@@ -147,3 +148,34 @@ def test_no_test_hooks_in_the_package():
     found = [f"{p.relative_to(REPO)}: {m.group(0)}" for folder in (PACKAGE, REPO / "recipes")
              for p in folder.rglob("*.py") for m in hooks.finditer(p.read_text())]
     assert not found, found
+
+
+def _environment_reads(path: Path) -> list[str]:
+    """Where ``path`` reads a variable: ``os.getenv(...)``, ``os.environ.get(...)``, ``os.environ[...]`` read, or
+    ``... in os.environ``. Setting one for a child process, or passing the whole environment on, is not a read."""
+    def is_environ(node):
+        return isinstance(node, ast.Attribute) and node.attr == "environ" and \
+            isinstance(node.value, ast.Name) and node.value.id == "os"
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                node.func.attr == "getenv" and isinstance(node.func.value, ast.Name) and node.func.value.id == "os"
+                or node.func.attr == "get" and is_environ(node.func.value)):
+            found.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and is_environ(node.value) and isinstance(node.ctx, ast.Load):
+            found.append(node.lineno)
+        elif isinstance(node, ast.Compare) and any(is_environ(c) for c in node.comparators):
+            found.append(node.lineno)
+    return found
+
+
+def test_environment_variables_are_read_in_one_module():
+    """tinyllama/environment.py reads every variable; the package, the recipes, the scripts and the evaluation
+    entry points ask it. (scripts/gpu/ runs on a bare GPU machine before the package is installed: exempt.)"""
+    assert _environment_reads(PACKAGE / "environment.py"), "the check itself finds nothing: it would pass vacuously"
+    found = [f"{p.relative_to(REPO)}:{line}" for folder in (PACKAGE, REPO / "recipes", REPO / "scripts",
+                                                            REPO / "evaluation")
+             for p in sorted(folder.rglob("*.py")) if p.name != "environment.py" and "gpu" not in p.parts
+             for line in _environment_reads(p)]
+    assert not found, "read tinyllama.environment instead: " + ", ".join(found)

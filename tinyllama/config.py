@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import yaml
+from . import environment
 
 
 class ConfigError(ValueError):
@@ -359,7 +360,7 @@ SECRET_KEYS = {"hub_token", "push_to_hub_token", "token", "use_auth_token", "hf_
 
 def redact(value: Any) -> Any:
     """Replace the Hub token (from ``HF_TOKEN``) wherever it appears in ``value``."""
-    secret = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    secret = environment.hub_token()
     if isinstance(value, str) and secret and secret in value:
         return value.replace(secret, "<redacted>")
     if isinstance(value, list):

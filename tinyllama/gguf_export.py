@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from . import environment
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,12 @@ PROBE_TEXTS = (
 
 def default_cache() -> Path:
     """Where scripts/llama_cpp.sh keeps the llama-cpp-python source distribution and wheels (same rule as there)."""
-    if os.environ.get("TINYLLAMA_WHEEL_CACHE"):
-        return Path(os.environ["TINYLLAMA_WHEEL_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinyllama-wheels"
+    return environment.wheel_cache()
 
 
 def llama_cpp_source() -> Path:
     """The llama.cpp tree vendored in llama-cpp-python's source distribution (converter and gguf-py)."""
-    env = os.environ.get("TINYLLAMA_LLAMA_CPP_SRC")
-    src = Path(env) if env else default_cache() / "src" / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}" / \
+    src = environment.llama_cpp_source() or default_cache() / "src" / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}" / \
         "vendor" / "llama.cpp"
     if not (src / "convert_hf_to_gguf.py").is_file():
         raise FileNotFoundError(f"llama.cpp's converter not found at {src}/convert_hf_to_gguf.py. Run "

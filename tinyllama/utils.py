@@ -6,20 +6,35 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import sys
 import traceback
 from pathlib import Path
 
+from . import environment
+
+
 TMP_PREFIX = ".tmp-"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 
-def offline(datasets: bool = False) -> bool:
-    """The one answer to "may the Hugging Face Hub be reached?": False when HF_HUB_OFFLINE (or transformers' older
-    TRANSFORMERS_OFFLINE) is set to 1/true/yes/on; with ``datasets``, HF_DATASETS_OFFLINE counts too."""
-    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") + (("HF_DATASETS_OFFLINE",) if datasets else ())
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in names)
+def is_hub_id(name: str | os.PathLike | None) -> bool:
+    """The one answer to "a Hub id or a local path?", for models, checkpoints and data sets alike.
+
+    A Hub id is ``owner/name`` or a bare ``name`` (letters, digits, ``._-``) that is not on disk, does not start
+    with . / or ~, and does not begin with a folder that exists here or one the recipes write (``outputs/``,
+    ``data/``); anything else is a path, so a mistyped folder gets "not found" rather than a Hub lookup.
+    """
+    if not name:
+        return False
+    name = str(name)
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
+        return False
+    first = name.split("/")[0]
+    return "/" not in name or not (first in ("outputs", "data") or Path(first).is_dir())
+
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
@@ -34,7 +49,7 @@ def complete_cpu_launch() -> None:
     --cpu`` would set ``ACCELERATE_USE_CPU``; this sets it the same way (accelerate's state and transformers'
     TrainingArguments both read it). DeepSpeed launches set their own distributed type and are left alone.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+    if environment.world_size() < 2 or environment.launched_with_deepspeed():
         return
     import torch
 
@@ -142,7 +157,7 @@ def entry_point(fn):
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(3) from None
         except USER_ERRORS as e:
-            if os.environ.get("TINYLLAMA_DEBUG"):
+            if environment.debug():
                 traceback.print_exc()
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None

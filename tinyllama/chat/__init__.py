@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from .card import CARD_HYPERPARAMETERS, ChatModelCardMixin, model_card_text
 from .checks import (HALF_DTYPES, check_model_source, check_precision, check_quantization, check_teacher_vocabulary,
-                     is_adapter_dir, is_hub_id, looks_local, precheck_argv, uses_deepspeed)
+                     is_adapter_dir, precheck_argv, uses_deepspeed)
 from .datasets import (conversation_to_prompt, load_split, message_problem, preference_to_conversational,
                        prepare_preference_dataset, prepare_prompt_dataset, prepare_sft_dataset,
                        prepare_unpaired_dataset)
@@ -48,7 +48,7 @@ from .template import (ROLES, ZEPHYR_CHAT_TEMPLATE, chat_template_from, has_gene
 __all__ = [
     "CARD_HYPERPARAMETERS", "ChatModelCardMixin", "model_card_text",
     "HALF_DTYPES", "check_model_source", "check_precision", "check_quantization", "check_teacher_vocabulary",
-    "is_adapter_dir", "is_hub_id", "looks_local", "precheck_argv", "uses_deepspeed",
+    "is_adapter_dir", "precheck_argv", "uses_deepspeed",
     "conversation_to_prompt", "load_split", "message_problem", "preference_to_conversational",
     "prepare_preference_dataset", "prepare_prompt_dataset", "prepare_sft_dataset", "prepare_unpaired_dataset",
     "DEMO_CHAT_DIR", "ensure_demo_assets",

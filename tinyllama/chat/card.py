@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..utils import atomic_write_text
-from .checks import is_hub_id
+from ..utils import is_hub_id
 from .methods import METHODS
 
 

@@ -12,22 +12,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from .. import environment
 from ..tokenizer import differing_tokens
-from ..utils import offline
+from ..environment import offline
+from ..utils import is_hub_id
 
 log = logging.getLogger(__name__)
-
-
-def looks_local(name: str) -> bool:
-    """A path rather than a Hub id (``owner/name``): starts with . / ~, has more than one slash, or starts with a
-    folder that exists here or that the recipes write (outputs/, data/)."""
-    first = name.split("/")[0]
-    return (name.startswith((".", "/", "~")) or name.count("/") > 1
-            or ("/" in name and (first in ("outputs", "data") or Path(first).is_dir())))
-
-
-def is_hub_id(name: str | None) -> bool:
-    return bool(name) and not Path(str(name)).exists() and str(name).count("/") == 1 and not looks_local(str(name))
 
 
 def is_adapter_dir(path: str | os.PathLike) -> bool:
@@ -47,7 +37,7 @@ def check_model_source(name: str | None, field: str = "model_name_or_path", allo
                              f"python scripts/merge_lora.py {name} --output_dir {name}-merged")
         if not (path / "config.json").is_file() and not is_adapter_dir(path):
             raise FileNotFoundError(f"{field}: {name} has no config.json; is it a Hugging Face model folder?")
-    elif looks_local(str(name)):
+    elif not is_hub_id(name):
         raise FileNotFoundError(f"{field}: model folder not found: {name}")
 
 
@@ -74,8 +64,7 @@ HALF_DTYPES = ("bfloat16", "bf16", "float16", "fp16", "half")
 
 def uses_deepspeed(training_args) -> bool:
     """DeepSpeed through the TrainingArguments (``deepspeed:``) or an ``accelerate launch`` DeepSpeed config."""
-    return bool(getattr(training_args, "deepspeed", None)) or \
-        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return bool(getattr(training_args, "deepspeed", None)) or environment.launched_with_deepspeed()
 
 
 def check_precision(model_args, training_args) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .checks import looks_local
 from .template import ROLES
+from ..utils import is_hub_id
 
 
 def message_problem(messages: Any, *, need_assistant: bool = True) -> str | None:
@@ -40,7 +40,7 @@ def load_split(name: str, config: str | None, split: str, *, streaming: bool = F
     if path.suffix in (".json", ".jsonl", ".parquet") and path.is_file():
         builder = "parquet" if path.suffix == ".parquet" else "json"
         return load_dataset(builder, data_files={split: str(path)}, split=split, streaming=streaming)
-    if looks_local(name) and not path.exists():
+    if not path.exists() and not is_hub_id(name):
         raise FileNotFoundError(f"dataset_name: local dataset not found: {name}")
     try:
         return load_dataset(name, config, split=split, streaming=streaming)  # downloads that split's files only

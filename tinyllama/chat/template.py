@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from ..utils import offline
+from ..environment import offline
 
 # Zephyr's template as TinyLlama-Chat-v1.0 ships it renders
 #   <|system|>\n{system}</s>\n<|user|>\n{user}</s>\n<|assistant|>\n{assistant}</s>\n

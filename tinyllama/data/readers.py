@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..utils import offline
+from ..environment import offline
+from ..utils import is_hub_id
 
 LOCAL_FORMATS = ("jsonl", "json", "parquet", "txt")
 FORMATS = ("auto", "hub") + LOCAL_FORMATS
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".txt": "txt"}
 _COMPRESSION = (".gz", ".zst")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -170,7 +170,7 @@ def is_hub(spec: SourceSpec) -> bool:
         return True
     if spec.format != "auto" or Path(spec.path).exists() or glob.has_magic(spec.path):
         return False
-    return bool(_HUB_ID.match(spec.path)) and _file_format(Path(spec.path)) is None
+    return is_hub_id(spec.path) and _file_format(Path(spec.path)) is None
 
 
 def local_files(spec: SourceSpec) -> list[tuple[Path, str]]:
@@ -287,7 +287,7 @@ class SourceReader:
         self._peeking = False
         self.hub = is_hub(spec)
         if self.hub:
-            if not _HUB_ID.match(spec.path) and spec.path not in ("json", "parquet", "text", "csv"):
+            if not is_hub_id(spec.path) and spec.path not in ("json", "parquet", "text", "csv"):
                 raise FileNotFoundError(f"source '{spec.name}': path not found: {spec.path}")
             if offline(datasets=True):
                 raise ValueError(

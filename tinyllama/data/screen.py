@@ -57,7 +57,7 @@ class DecontaminationSettings:
         mode = value.get("mode", cls.mode)
         if mode not in DECON_MODES:
             errors.append(f"{where}.mode: expected one of {', '.join(DECON_MODES)}, got {mode!r}")
-        data_dir = value.get("eval_data_dir") or os.environ.get("EVAL_DATA_DIR") or None
+        data_dir = value.get("eval_data_dir") or environment.eval_data_dir()
         if data_dir is not None and not isinstance(data_dir, str):
             errors.append(f"{where}.eval_data_dir: expected a folder path, got {data_dir!r}")
         if len(errors) > n:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..utils import offline
+from ..environment import offline
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ from .suites import (  # noqa: F401
     parse_tokens, load_reference,
 )
 from .models import (  # noqa: F401
-    ResolvedModel, _HUB_ID, _looks_like_path, is_model_folder, read_training_metadata, export_checkpoint_on_the_fly,
+    ResolvedModel, is_model_folder, read_training_metadata, export_checkpoint_on_the_fly,
     resolve_model, model_chat_template,
 )
 from .offline import _SPLIT_KEYS, _BUILDERS, leaf_tasks, _find_split_files, write_offline_tasks  # noqa: F401
 from .runner import _device_defaults, _clean_env, LmEvalError, lm_eval_commands, prompt_format, run  # noqa: F401
 from .results import load_results, clean_metrics, pick_metric, summarize, run_suite, export_hook  # noqa: F401
 from .perplexity import load_texts, perplexity_metric, run_perplexity  # noqa: F401
-from .cli import USAGE, _truthy, _chat_template_setting, _cli_run, _cli_perplexity, main  # noqa: F401
+from .cli import USAGE, _cli_run, _cli_perplexity, main  # noqa: F401

@@ -3,10 +3,10 @@ calls ``run``, with its settings from the environment (``EVAL_OUT``, ``EVAL_BACK
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Sequence
 
+from .. import environment
 from ..utils import entry_point, setup_logging
 from .layout import DEFAULT_SUITE
 from .perplexity import run_perplexity
@@ -35,19 +35,6 @@ environment:
 """
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _chat_template_setting() -> bool | None:
-    value = os.environ.get("EVAL_CHAT_TEMPLATE", "").strip().lower()
-    if value in ("", "auto"):
-        return None
-    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ValueError(f"EVAL_CHAT_TEMPLATE must be 1 or 0 (or unset: the suite decides), got {value!r}")
-    return _truthy("EVAL_CHAT_TEMPLATE")
-
-
 @entry_point
 def _cli_run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
@@ -59,10 +46,9 @@ def _cli_run(argv: list[str]) -> int:
     if rest and not rest[0].startswith("-"):
         suite, rest = rest[0], rest[1:]
     try:
-        run(model, suite, os.environ.get("EVAL_OUT") or None, backend=os.environ.get("EVAL_BACKEND", "hf"),
-            batch_size=os.environ.get("EVAL_BATCH_SIZE") or None, dtype=os.environ.get("EVAL_DTYPE") or None,
-            tasks=os.environ.get("EVAL_TASKS") or None, data_dir=os.environ.get("EVAL_DATA_DIR") or None,
-            allow_code_execution=_truthy("ALLOW_CODE_EXECUTION"), chat_template=_chat_template_setting(),
+        env = environment.eval_settings()
+        run(model, suite, env.out, backend=env.backend, batch_size=env.batch_size, dtype=env.dtype, tasks=env.tasks,
+            data_dir=env.data_dir, allow_code_execution=env.allow_code_execution, chat_template=env.chat_template,
             extra_args=rest)
     except LmEvalError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -10,8 +10,9 @@ import os
 import re
 from pathlib import Path
 
-from ..utils import offline
+from ..environment import offline
 from .layout import DEFAULT_OUT, TRAINING_METADATA_FILE
+from ..utils import is_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +31,6 @@ class ResolvedModel:
 
     def default_out(self) -> Path:
         return self.run_dir / "eval" if self.run_dir is not None else DEFAULT_OUT
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
-
-def _looks_like_path(model: str) -> bool:
-    return (model.startswith(("/", "./", "../", "~")) or model in (".", "..") or model.endswith("/")
-            or not _HUB_ID.match(model))
 
 
 def is_model_folder(path: Path) -> bool:
@@ -109,7 +102,7 @@ def resolve_model(model: str | os.PathLike) -> ResolvedModel:
         meta = read_training_metadata(path)
         run_dir = path.parent.parent if path.parent.name == "export" else None
         return ResolvedModel(source=str(path), name=path.name, local=True, run_dir=run_dir, **meta)
-    if _looks_like_path(model):
+    if not is_hub_id(model):
         raise FileNotFoundError(f"model not found: {model} (no such folder). MODEL is a model folder, a training "
                                 f"checkpoint (outputs/<run>/checkpoints/step-N) or a Hub id (owner/name)")
     if offline():

@@ -10,9 +10,9 @@ import logging
 import os
 from pathlib import Path
 
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, is_hub_id
 from .layout import PERPLEXITY_METRIC, PERPLEXITY_RESULTS_FILE, RUN_INFO_FILE
-from .models import _looks_like_path, resolve_model
+from .models import resolve_model
 from .offline import _BUILDERS
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def load_texts(data: str | os.PathLike, text_field: str = "text", split: str = "
             if path.suffix not in _BUILDERS:
                 raise ValueError(f"{path}: expected .txt, .jsonl, .json, .parquet or .csv")
             ds = datasets.load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
-        elif _looks_like_path(str(data)):
+        elif not is_hub_id(data):
             raise FileNotFoundError(f"data not found: {data}")
         else:
             ds = datasets.load_dataset(str(data), split=split)

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import yaml
 
+from .. import environment
 from ..utils import atomic_write_bytes
 from .layout import REFERENCE_FILE, SUITES_DIR
 
@@ -130,8 +131,7 @@ def lm_eval_task_index() -> dict:
 
     tasks_dir = Path(lm_eval.tasks.__file__).parent
     key = hashlib.sha256(f"{version('lm_eval')}|{tasks_dir}|{tasks_dir.stat().st_mtime_ns}".encode()).hexdigest()
-    cache_root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    cache = cache_root / "tinyllama" / f"lm-eval-index-{key[:16]}.pkl"
+    cache = environment.cache_home() / "tinyllama" / f"lm-eval-index-{key[:16]}.pkl"
     try:
         return pickle.loads(cache.read_bytes())
     except Exception:  # missing, partly written by an older version, unreadable: rebuild

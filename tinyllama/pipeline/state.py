@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from ..utils import offline
+from .. import environment
+from ..environment import offline
 from .plan import Planned
 from .spec import MARKER, OPERATIONAL_KEYS, RECIPES, REPO
 
@@ -67,7 +68,7 @@ def assess(stages: list[Planned], rerun: str | None = None) -> list[Planned]:
         if script and not (REPO / script).is_file():
             s.state, s.reason = "unavailable", f"{script} does not exist in this checkout"
             continue
-        if s.spec.recipe == "eval" and offline() and not os.environ.get("EVAL_DATA_DIR"):
+        if s.spec.recipe == "eval" and offline() and not environment.eval_data_dir():
             s.state, s.reason = "unavailable", ("offline (HF_HUB_OFFLINE=1) and no EVAL_DATA_DIR: lm-eval needs the "
                                                 "suite's task data (docs/evaluation.md)")
             continue

@@ -7,12 +7,12 @@ defaults here are TinyLlama v1.0's (docs/reference.md, "Pretraining (v1.0, 3T to
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from ..utils import repo_root
+from .. import environment
+from ..utils import is_hub_id, repo_root
 
 # tinyllama.model.ATTENTION_CHOICES (this module does not import torch; tests/test_model.py keeps the two equal)
 ATTENTION_CHOICES = ("auto", "flash_attention_2", "torch_varlen", "flex_attention", "sdpa", "eager")
@@ -161,7 +161,7 @@ class PretrainArgs:
     def validate(self) -> list[str]:
         """Every cross-field problem, before any work (world size from the launcher's WORLD_SIZE)."""
         e = []
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = environment.world_size()
         for name in ("learning_rate", "seq_len", "micro_batch_size", "global_batch_size", "max_steps",
                      "log_every", "save_every", "keep_last", "max_nonfinite_steps", "hub_upload_retries",
                      "hub_wait_timeout"):
@@ -254,21 +254,13 @@ class PretrainArgs:
             return [f"'lr_step_offset' must be a number of steps or 'continue', got {self.lr_step_offset!r}"]
         if not self.init_from:
             return ["'lr_step_offset: continue' needs 'init_from' (the model whose schedule this stage continues)"]
-        if not Path(self.init_from).exists() and _local_path(self.init_from):
+        if not Path(self.init_from).exists() and not is_hub_id(self.init_from):
             return []
         try:
             self.lr_step_offset = continued_lr_step(self.init_from)
         except ValueError as err:
             return [f"'lr_step_offset: continue': {err}"]
         return []
-
-
-def _local_path(name: str) -> bool:
-    """A path rather than a Hub id (``owner/name``): absolute, relative with ./ or ../, more than one slash, or
-    under a folder that exists or that the recipes write (outputs/, data/)."""
-    first = name.split("/")[0]
-    return (name.startswith((".", "/", "~")) or name.count("/") != 1 or first in ("outputs", "data")
-            or Path(first).is_dir())
 
 
 def continued_lr_step(init_from: str) -> int:
@@ -280,7 +272,7 @@ def continued_lr_step(init_from: str) -> int:
     step-N``: exports written before the metadata recorded it). Raises ValueError naming what is missing."""
     folder = Path(init_from)
     if not folder.is_dir():
-        if _local_path(init_from):
+        if not is_hub_id(init_from):
             raise ValueError(f"init_from {init_from} does not exist (the stage before has not written it yet?)")
         raise ValueError(f"init_from {init_from} is a Hub id: a published checkpoint carries no training metadata, "
                          "so where its schedule stopped is unknown here. Set lr_step_offset to a number (TinyLlama's "

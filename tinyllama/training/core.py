@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import environment
 from ..model import build_model, init_weights, load_model_config, load_weights
 from ..checkpoints import STATE_FILE, checkpoint_state_dict
 
@@ -26,7 +27,7 @@ def make_accelerator(args, project_dir=None):
     from accelerate.utils import DistributedType, ProjectConfiguration
 
     trackers = [t for t in args.report_to if t != "none"]
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    expected = environment.world_size()
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=trackers or None,
@@ -39,7 +40,7 @@ def make_accelerator(args, project_dir=None):
             f"the launcher started {expected} processes but accelerate sees {accelerator.num_processes}: on CPU use "
             "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` or torchrun "
             "(configs/accelerate/cpu.yaml)")
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and \
+    if environment.launched_with_fsdp() and \
             accelerator.distributed_type != DistributedType.FSDP:  # accelerate falls back to DDP without saying so
         raise ValueError(
             f"the accelerate config asks for FSDP, but accelerate set up {accelerator.distributed_type.value}: its "
@@ -58,8 +59,8 @@ def process_group_kwargs(deepspeed: bool | None = None) -> list:
     from accelerate import InitProcessGroupKwargs
 
     if deepspeed is None:
-        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or deepspeed
+        deepspeed = environment.launched_with_deepspeed()
+    distributed = environment.world_size() > 1 or deepspeed
     return [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
 
 

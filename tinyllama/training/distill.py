@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ..tokenizer import differing_tokens
+from ..utils import is_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,6 @@ def mix(ce: torch.Tensor, kl: torch.Tensor, alpha: float, temperature: float) ->
 
 
 # ---- the teacher: checked before any work, loaded, prepared for the engine -----------------------------------------
-def _is_local(name: str) -> bool:
-    from .args import _local_path
-
-    return Path(name).exists() or _local_path(name)
-
-
 def student_model_config(args):
     """The student's model config, from the same source ``setup_model`` builds it from (configs only, no weights)."""
     from ..model import load_model_config
@@ -110,7 +105,7 @@ def teacher_model_config(name: str, trust_remote_code: bool = False):
         if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
             raise ValueError(f"teacher {name} is not a model folder: it needs config.json and *.safetensors (an "
                              "export of this repository's runs, export/final, is one)")
-    elif _is_local(name):
+    elif not is_hub_id(name):
         raise ValueError(f"teacher {name} does not exist")
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)

@@ -9,11 +9,11 @@ local login, never from a config file, so it is never written to a log, a saved 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 from pathlib import Path
+from .. import environment
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class HubUploader:
                  backoff: float = 2.0, wait_timeout: float = 600.0):
         from huggingface_hub import HfApi
 
-        self.api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"))
+        self.api = HfApi(endpoint=environment.hub_endpoint())
         self.repo_id, self.private, self.revision = repo_id, private, revision
         self.retries, self.backoff, self.wait_timeout = retries, backoff, wait_timeout
         self.uploaded: list[str] = []
