@@ -54,7 +54,7 @@ def model_folder(model: str, work: Path) -> Path:
     """The architecture with random weights, saved in float16 with the demo tokenizer (for llama.cpp's converter)."""
     import shutil
 
-    from tinyllama.demo import build_demo
+    from tinyllama.demo_corpus import build_demo
     from tinyllama.model import build_model
 
     folder = work / f"{model}-random-f16"

@@ -98,7 +98,7 @@ def _corpus_documents():
     import sysconfig
     from importlib import metadata
 
-    from tinyllama.demo import build_demo, prose_documents
+    from tinyllama.demo_corpus import build_demo, prose_documents
 
     site = Path(sysconfig.get_paths()["purelib"])
 

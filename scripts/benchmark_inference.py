@@ -53,14 +53,14 @@ def load_tokenizer(model_name: str):
 
     if is_trained(model_name):
         return AutoTokenizer.from_pretrained(model_name)
-    from tinyllama.demo import build_demo
+    from tinyllama.demo_corpus import build_demo
 
     return AutoTokenizer.from_pretrained(str(build_demo()["tokenizer"]))
 
 
 def demo_prompts(tokenizer, n: int, prompt_len: int) -> list[list[int]]:
     """``n`` prompts of ``prompt_len`` tokens: the beginnings of demo-corpus documents, half prose, half code."""
-    from tinyllama.demo import build_demo, corpus_texts
+    from tinyllama.demo_corpus import build_demo, corpus_texts
 
     paths = build_demo()
     prose, code = list(corpus_texts(paths, ["slimpajama"])), list(corpus_texts(paths, ["starcoderdata"]))

@@ -3,7 +3,7 @@
 import argparse
 import logging
 
-from tinyllama.demo import DEMO_DIR, build_demo
+from tinyllama.demo_corpus import DEMO_DIR, build_demo
 from tinyllama.utils import entry_point, setup_logging
 
 

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample_size", type=int, default=200, help="documents of each kind in the agreement sample")
     a = p.parse_args(argv)
     setup_logging()
-    from tinyllama.demo import builtin_sample
+    from tinyllama.demo_corpus import builtin_sample
     from tinyllama.tokenizer import compare_with_sentencepiece, load_proto, save_tokenizer_folder, \
         sentencepiece_processor
 

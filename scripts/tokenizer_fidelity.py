@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from transformers import AutoTokenizer
 
-    from tinyllama.demo import builtin_sample
+    from tinyllama.demo_corpus import builtin_sample
     from tinyllama.tokenizer import compare_with_sentencepiece, sentencepiece_processor
     from tinyllama.vocab import read_texts
 

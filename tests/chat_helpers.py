@@ -1,14 +1,14 @@
 """Test helpers for the chat recipes: fixed-answer chats that a tiny model memorises in a few dozen steps (so what it
 answers after training is known exactly, and that it then stops at EOS), the tiny LoRA SFT run the LoRA tests and
 the fault suite kill and resume, and a trained tiny chat model for the tests of what consumes one (GGUF, serving).
-The demo's own data builders stay in tinyllama/chat/demo.py."""
+The demo's own data builders stay in tinyllama/chat/demo_data.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from pretrain_utils import load_script
-from tinyllama.chat.demo import build_base_model, prompt_id, write_hub_layout
+from tinyllama.chat.demo_data import build_base_model, prompt_id, write_hub_layout
 
 FIXED_QA = [("What is your name?", "My name is TinyLlama."), ("What color is the sky?", "The sky is blue.")]
 FIXED_SYSTEM = "You are a helpful assistant."

@@ -63,7 +63,7 @@ def demo_paths():
     the build is deterministic, and recipes' demo configs read the same folder)."""
     from filelock import FileLock
 
-    from tinyllama.demo import build_demo
+    from tinyllama.demo_corpus import build_demo
 
     (REPO / "data").mkdir(exist_ok=True)
     with FileLock(str(REPO / "data" / ".demo.lock")):  # parallel workers (make test: pytest -n 2) build it once

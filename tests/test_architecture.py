@@ -16,7 +16,7 @@ LAYERS = [
     {"utils"},
     {"config", "attention"},
     {"model", "tokenizer"},
-    {"checkpoints", "demo", "convert", "gguf_export"},
+    {"checkpoints", "demo_corpus", "convert", "gguf_export"},
     {"evaluation"},
     {"data", "chat", "vocab"},
     {"training"},

@@ -18,7 +18,7 @@ import torch
 from chat_helpers import FIXED_QA, FIXED_SYSTEM, fixed_answer_rows
 from pretrain_utils import load_script
 from tinyllama import chat
-from tinyllama.chat.demo import build_base_model, ultrachat_rows, ultrafeedback_rows, write_hub_layout
+from tinyllama.chat.demo_data import build_base_model, ultrachat_rows, ultrafeedback_rows, write_hub_layout
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_SECRET = "hf_thisIsNotARealTokenButMustNeverBeWritten"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tinyllama import chat
-from tinyllama.chat.demo import build_base_model, ultrachat_rows, write_hub_layout
+from tinyllama.chat.demo_data import build_base_model, ultrachat_rows, write_hub_layout
 
 REPO = Path(__file__).resolve().parent.parent
 COMMON = ["--bf16", "false", "--activation_checkpointing", "false", "--report_to", "none", "--save_strategy", "'no'",

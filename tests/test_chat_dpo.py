@@ -7,7 +7,7 @@ import pytest
 
 from pretrain_utils import load_script
 from tinyllama import chat
-from tinyllama.chat.demo import build_base_model, ultrafeedback_rows, write_hub_layout
+from tinyllama.chat.demo_data import build_base_model, ultrafeedback_rows, write_hub_layout
 
 
 pytestmark = pytest.mark.slow  # SFT then DPO training; make test-fast skips it

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tinyllama import chat
-from tinyllama.chat.demo import build_base_model, ultrachat_rows, ultrafeedback_rows, write_hub_layout
+from tinyllama.chat.demo_data import build_base_model, ultrachat_rows, ultrafeedback_rows, write_hub_layout
 from tinyllama.config import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

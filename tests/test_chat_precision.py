@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from pretrain_utils import REPO, load_script
 from tinyllama import chat
-from tinyllama.chat.demo import build_base_model, ultrachat_rows, ultrafeedback_rows, write_hub_layout
+from tinyllama.chat.demo_data import build_base_model, ultrachat_rows, ultrafeedback_rows, write_hub_layout
 
 
 def common(base, data, out, lr, dtype):

@@ -78,6 +78,24 @@ def test_every_error_at_once_naming_the_file(tmp_path):
     assert len(info.value.errors) == 7
 
 
+def test_the_message_is_headed_with_where_the_mistakes_are(tmp_path):
+    """A bad value given on the command line beside a good config file: the header names the command line, not the
+    file (a user would look for the mistake in the YAML); a cross-field problem names both."""
+    cfg = write(tmp_path, "lr: 1.0e-3\nsteps: 5\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(Train, ["--config", cfg, "--steps", "many"])
+    assert info.value.source == "command line" and "invalid configuration (command line)" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse_config(Train, ["--config", write(tmp_path, "steps: many\n", "both.yaml"), "--steps", "x"])
+    assert info.value.source.endswith("both.yaml and command line")
+    with pytest.raises(ConfigError) as info:
+        parse_config(Train, ["--config", cfg, "--global_batch_size", "7"])
+    assert info.value.source == f"{cfg} and command line" and "not divisible" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse_config(Train, ["--config", write(tmp_path, "global_batch_size: 7\n", "file.yaml")])
+    assert info.value.source.endswith("file.yaml")
+
+
 def test_wrong_type_from_command_line_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="'steps' \\(command line\\): expected an integer"):
         parse_config(Train, ["--steps", "1.5"])

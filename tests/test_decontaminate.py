@@ -139,7 +139,7 @@ def test_one_shared_13_gram_is_enough_and_12_words_are_not(items, index):
 
 
 def test_a_clean_corpus_is_reported_clean(items, index):
-    from tinyllama.demo import prose_documents
+    from tinyllama.demo_corpus import prose_documents
 
     docs = prose_documents()[:300]  # the Python reference manual: real prose, no benchmark in it
     vocabulary = sorted({w for texts in items.values() for text in texts for w in words(text)})

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 
 
 def test_demo_builds_offline_quickly_and_deterministically(tmp_path):
-    from tinyllama.demo import build_demo
+    from tinyllama.demo_corpus import build_demo
 
     start = time.perf_counter()
     paths = build_demo(tmp_path / "demo")
@@ -21,7 +21,7 @@ def test_demo_builds_offline_quickly_and_deterministically(tmp_path):
 def test_a_demo_folder_with_the_previous_tokenizer_is_rebuilt(tmp_path):
     """A data/demo from before the SentencePiece demo tokenizer (tokenizer.json only): the tokenizer is trained
     again and the shards and chat base model made with the old one are removed (rebuilt on first use)."""
-    from tinyllama.demo import build_demo
+    from tinyllama.demo_corpus import build_demo
 
     paths = build_demo(tmp_path / "demo")
     (paths["tokenizer"] / "tokenizer.model").unlink()

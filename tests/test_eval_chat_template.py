@@ -9,7 +9,7 @@ import pytest
 
 from tinyllama import chat
 from tinyllama import evaluation as ev
-from tinyllama.chat.demo import build_base_model
+from tinyllama.chat.demo_data import build_base_model
 
 pytestmark = pytest.mark.slow  # an lm-eval run; make test-fast skips it
 

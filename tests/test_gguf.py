@@ -35,7 +35,7 @@ QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
 # ---------------------------------------------------------------------------------------------------------------
 def corpus_sample(demo_paths, n_each: int = 24, max_chars: int = 1500) -> list[str]:
     """Prose (SlimPajama stand-in), code (Starcoderdata stand-in), math and Chinese texts from the demo corpus."""
-    from tinyllama.demo import corpus_texts
+    from tinyllama.demo_corpus import corpus_texts
 
     def texts_of(source):
         return list(corpus_texts(demo_paths, [source]))

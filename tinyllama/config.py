@@ -308,8 +308,12 @@ def parse_config(
 
     fields = [_fields(cls) for cls in dataclass_types]
     values: dict[str, Any] = {}
+    wrong_in = []  # where the unknown keys and mistyped values are: the message is headed with those
     for origin, mapping in ((config_path, from_file), ("command line", overrides)):
+        n = len(errors)
         values.update(check_mapping(dataclass_types, mapping, f"({origin})", errors))
+        if len(errors) > n:
+            wrong_in.append(origin)
 
     instances = []
     for cls, fs in zip(dataclass_types, fields):
@@ -334,7 +338,9 @@ def parse_config(
         instances.append(obj)
 
     if errors:
-        raise ConfigError(source, errors)
+        if not wrong_in and config_path and overrides:  # cross-field problems: either may hold the value
+            wrong_in = [config_path, "command line"]
+        raise ConfigError(" and ".join(wrong_in) or source, errors)
     return tuple(instances)
 
 

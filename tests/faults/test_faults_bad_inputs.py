@@ -25,7 +25,7 @@ TOKEN_FREE = "hf_" + "x" * 10
 def world(tmp_path_factory, reference):
     """An existing, finished run (outputs that must survive every mistake) and the fixtures the cases point at."""
     from chat_helpers import fixed_answer_rows
-    from tinyllama.chat.demo import build_base_model, write_hub_layout
+    from tinyllama.chat.demo_data import build_base_model, write_hub_layout
 
     tmp = tmp_path_factory.mktemp("bad-inputs")
     run = tmp / "existing-run"
@@ -104,6 +104,8 @@ CASES = [
     # pretraining config: keys, types, values
     ("pt-unknown-key", lambda w: pretrain(w, "--learning_rat", "0.1"), "learning_rat", 2),
     ("pt-type-int", lambda w: pretrain(w, "--max_steps", "ten"), "max_steps", 2),
+    ("pt-cli-value-named-as-such", lambda w: pretrain(w, "--max_steps", "ten"),
+     "invalid configuration (command line)", 2),  # was headed with the YAML file's name
     ("pt-type-bool", lambda w: pretrain(w, "--export", "maybe"), "export", 2),
     ("pt-negative-steps", lambda w: pretrain(w, "--max_steps", "-1"), "max_steps", 2),
     ("pt-batch-not-divisible", lambda w: pretrain(w, "--global_batch_size", "6"),
@@ -144,6 +146,7 @@ CASES = [
     ("prep-not-json", lambda w: prep(w, w["raw"] / "not-json.jsonl"), "not-json.jsonl", 2),
     # chat (SFT, LoRA merge)
     ("sft-unknown-key", lambda w: sft(w, "--lora_rank", "8"), "lora_rank", 2),
+    ("sft-negative-lr", lambda w: sft(w, "--learning_rate", "-1e-3"), "'learning_rate' must be positive", 2),
     ("sft-model-missing", lambda w: sft(w, model=w["tmp"] / "no-model"), "model folder not found", 2),
     ("sft-adapter-as-model", lambda w: sft(w, model=w["adapter"]), "is a LoRA adapter", 2),
     ("sft-dataset-missing", lambda w: sft(w, data=w["tmp"] / "no-data"), "local dataset not found", 2),

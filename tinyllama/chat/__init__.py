@@ -17,7 +17,7 @@ template. TRL does the training; this package is what TRL leaves to the scripts:
 - ``checks.py``: early checks of the model arguments (QLoRA without CUDA, an adapter where a model is needed, bf16
   weights for a full fine-tune, a Hub token in a config) and what a name is (local path or Hub id);
 - ``card.py``: the model card (base model, data, recipe, hyperparameters; TRL's names only the first two);
-- ``demo.py``: the CPU demo's chat and preference data sets and tiny base model, built on first use;
+- ``demo_data.py``: the CPU demo's chat and preference data sets and tiny base model, built on first use;
 - ``inference.py``: what the chat script and the inference benchmark share;
 - ``args.py``: the recipes' argument dataclasses. It imports TRL, so it is not re-exported here:
   ``from tinyllama.chat.args import parse_sft_args``.
@@ -34,7 +34,7 @@ from .checks import (HALF_DTYPES, check_model_source, check_precision, check_qua
 from .datasets import (conversation_to_prompt, load_split, message_problem, preference_to_conversational,
                        prepare_preference_dataset, prepare_prompt_dataset, prepare_sft_dataset,
                        prepare_unpaired_dataset)
-from .demo import DEMO_CHAT_DIR, ensure_demo_assets
+from .demo_data import DEMO_CHAT_DIR, ensure_demo_assets
 from .inference import ForwardCounter
 from .measure import heldout_distillation, heldout_preference, reply_token_ids
 from .methods import DATA_KINDS, METHODS, PREFERENCE_METHODS, ChatMethod, get_method

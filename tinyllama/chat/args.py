@@ -137,6 +137,9 @@ def method_of(args: Sequence[str], recipe_method: str | None = None) -> ChatMeth
     return get_method(recipe_method)
 
 
+POSITIVE = ("learning_rate", "max_length", "per_device_train_batch_size", "gradient_accumulation_steps")
+
+
 def parse_chat_args(args: Sequence[str] | None = None, recipe_method: str | None = None) -> tuple:
     """(script arguments, trainer config, ModelConfig) for the method the command line names (method_of)."""
     import sys
@@ -146,10 +149,16 @@ def parse_chat_args(args: Sequence[str] | None = None, recipe_method: str | None
     script_args, training_args, model_args = parse_config(
         [SCRIPT_ARGUMENTS[method.data], method.config_class(), ModelConfig], args)
     script_args.method = method.name
-    wrong = [f"method {method.name} needs {key}: {value!r} (it is how {method.title} is defined), got "
-             f"{getattr(training_args, key)!r}" for key, value in method.fixed if getattr(training_args, key) != value]
+    wrong = {key: f"method {method.name} needs {key}: {value!r} (it is how {method.title} is defined), got "
+                  f"{getattr(training_args, key)!r}" for key, value in method.fixed
+             if getattr(training_args, key) != value}
+    # values transformers takes without a word and that fail only once the model is loaded and training starts
+    wrong |= {key: f"'{key}' must be positive, got {getattr(training_args, key)}" for key in POSITIVE
+              if getattr(training_args, key, None) is not None and getattr(training_args, key) <= 0}
     if wrong:
-        raise ConfigError(split_cli(args)[0] or "command line", wrong)
+        config, overrides, _ = split_cli(args)
+        where = dict.fromkeys("command line" if k in overrides or not config else config for k in wrong)
+        raise ConfigError(" and ".join(where), list(wrong.values()))
     return script_args, training_args, model_args
 
 

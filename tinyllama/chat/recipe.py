@@ -18,7 +18,7 @@ from .checks import (check_model_source, check_precision, check_quantization, ch
                      precheck_argv)
 from .datasets import (load_split, prepare_preference_dataset, prepare_prompt_dataset, prepare_sft_dataset,
                        prepare_unpaired_dataset)
-from .demo import ensure_demo_assets
+from .demo_data import ensure_demo_assets
 from .methods import ChatMethod, get_method
 from .template import chat_template_from, has_generation_markers, prefix_mismatches, setup_tokenizer
 

@@ -228,7 +228,7 @@ def prepare_sources(cfg: PrepareConfig) -> Path:
         return out
 
     if cfg.build_demo:
-        from ..demo import build_demo
+        from ..demo_corpus import build_demo
 
         build_demo(cfg.build_demo)
 

@@ -128,7 +128,7 @@ def build_base_model(out: str | Path, model_config: str = "demo", seed: int = 0)
     """A randomly initialised TinyLlama-shaped model with the demo tokenizer, saved as a normal model folder."""
     from transformers import AutoTokenizer
 
-    from ..demo import build_demo
+    from ..demo_corpus import build_demo
     from ..model import build_model
     from ..tokenizer import save_tokenizer
 
