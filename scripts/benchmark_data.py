@@ -44,7 +44,8 @@ def _cpu_seconds(children: bool = True) -> float:
     return cpu
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, for the machine line of the benchmark tables."""
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -351,7 +352,7 @@ def main() -> None:
         max_chars = PrepareConfig.__dataclass_fields__["max_chars_per_piece"].default  # what the pipeline uses
         cores = len(os.sched_getaffinity(0))
         mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
-        print(f"machine: {_cpu_name()}, {len(os.sched_getaffinity(0))} cores available; python "
+        print(f"machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores available; python "
               f"{platform.python_version()}; load average before: {os.getloadavg()[0]:.1f}")
         print(f"corpus: {corpus.stat().st_size / 1e6:.1f} MB jsonl, {len(texts)} documents kept ({mb:.1f} MB of "
               f"text), tokenizer {args.tokenizer}")

@@ -35,7 +35,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one Rust thread: the per-core rate of a worker
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from benchmark_data import _cpu_name, build_corpus  # noqa: E402  (the same directory)
+from benchmark_data import cpu_name, build_corpus  # noqa: E402  (the same directory)
 
 
 def timed(fn, items, repeat: int) -> float:
@@ -126,7 +126,7 @@ def main() -> None:
         lines = corpus.read_text(encoding="utf-8").splitlines()
         texts = [json.loads(x)["text"] for x in lines]
         mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
-        print(f"machine: {_cpu_name()}, {len(os.sched_getaffinity(0))} cores; python {platform.python_version()}; "
+        print(f"machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores; python {platform.python_version()}; "
               f"load average before: {os.getloadavg()[0]:.1f}")
         print(f"text: {len(texts):,} documents, {mb:.1f} MB; tokenizer {a.tokenizer}\n")
         rows = per_step(a, lines, texts)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .tokenizer import save_tokenizer
-from .utils import TMP_PREFIX, _fsync_dir, atomic_dir, atomic_write_text, fsync_tree
+from .utils import TMP_PREFIX, fsync_dir, atomic_dir, atomic_write_text, fsync_tree
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def save_checkpoint(accelerator, root: Path, state: TrainState, model_config, ke
         if final.exists():  # the same step saved again (e.g. after a resume): replace only once the new one is whole
             _remove(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         for _, old in complete_checkpoints(root)[:-keep_last]:
             _remove(old)
     accelerator.wait_for_everyone()

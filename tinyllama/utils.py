@@ -57,7 +57,8 @@ def complete_cpu_launch() -> None:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable; a no-op where the file system cannot."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -80,7 +81,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -92,7 +93,7 @@ def fsync_tree(path: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(Path(path))
+    fsync_dir(Path(path))
 
 
 @contextlib.contextmanager
@@ -118,7 +119,7 @@ def atomic_dir(final: str | os.PathLike, keep_tmp_on_error: bool = False):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except BaseException:
         if not keep_tmp_on_error:
             shutil.rmtree(tmp, ignore_errors=True)
