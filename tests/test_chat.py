@@ -459,7 +459,7 @@ def test_run_summary_is_written_and_read_by_the_pipeline_table(sft_run):
     """Like pretraining, the chat recipes end with summary.json; the pipeline's table reads it (not the log)."""
     import json
 
-    from tinyllama.pipeline.report import summary_rows
+    from tinyllama.pipeline.summary import summary_rows
 
     summary = json.loads((sft_run.out / "summary.json").read_text())
     assert summary["step"] == 60 == sft_run.metrics["train_steps"]

@@ -34,22 +34,20 @@ How stages connect and when they are skipped:
   ``<root>/pipeline-<variant>.json`` and ``.md``, and ``pipeline-<variant>.png`` beside them: learning rate, batch
   size, source shares and loss over the chain's tokens, read from each stage's ``logs/metrics.jsonl``.
 
-The package: ``spec.py`` (the pipeline file), ``plan.py`` (stages resolved for a variant), ``state.py`` (what is on
-disk), ``run.py`` (stage commands and :func:`run_pipeline`), ``report.py`` (the summary table), ``plot.py`` (the
-chain's plot). Every name is importable from ``tinyllama.pipeline`` itself, as before the split.
+The package, in the order a run goes through it: ``spec.py`` (the pipeline file: :func:`load_pipeline`, the stages
+of a variant with "{variant}" and "{chat}" replaced), ``plan.py`` (:func:`plan`: the defaults for the variant and the
+root folder applied once, each stage resolved into a complete :class:`Planned` one: folder, arguments, resolved
+config, the stage it reads and its teacher), ``state.py`` (:func:`assess`: what is on disk, as each stage's state and
+reason), ``run.py`` (stage commands and :func:`run_pipeline`), ``summary.py`` (the summary table, ``.json`` and
+``.md``), ``plot.py`` (the chain's plot).
 """
 
 from .spec import (  # noqa: F401
     REPO, RECIPES, OPTIONAL_FLAGS, STAGE_KEYS, PIPELINE_KEYS, MARKER, OPERATIONAL_KEYS, StageSpec, Pipeline,
-    _repo_path, load_pipeline, _check_plan, _selected, _stage_by_name,
+    load_pipeline,
 )
-from .plan import Planned, _cli_value, _argv, plan, _normalise  # noqa: F401
-from .state import (  # noqa: F401
-    fingerprint, read_marker, _config_hash, _config_diff, _read_json, assess, _state_on_disk,
-)
-from .report import (  # noqa: F401
-    summary_rows, _status_text, _short, _eval_result, _fmt_tokens, _fmt_seconds, COLUMNS, table_cells,
-    format_table, write_summary,
-)
+from .plan import Plan, Planned, plan  # noqa: F401
+from .state import fingerprint, read_marker, assess  # noqa: F401
+from .summary import summary_rows, COLUMNS, table_cells, format_table, write_summary  # noqa: F401
 from .plot import chain_series, plot_chain  # noqa: F401
-from .run import launcher_for, command, _env, run_stage, StageFailed, describe, run_pipeline  # noqa: F401
+from .run import launcher_for, command, run_stage, StageFailed, describe, run_pipeline  # noqa: F401

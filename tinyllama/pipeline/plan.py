@@ -1,5 +1,7 @@
-"""The plan: each selected stage of a variant resolved into a :class:`Planned` stage: its run folder, recipe
-arguments (``--output_dir``, ``--init_from``, overrides) and resolved config."""
+"""The plan: a pipeline resolved for one run (:class:`Plan`: the variant, the root folder and the stages), each
+selected stage a :class:`Planned` one, complete when :func:`plan` returns it: its run folder, the stage it reads
+(and its teacher), its recipe arguments (``--output_dir``, ``--init_from``, overrides) and its resolved config.
+Checking the state on disk (state.py) only sets a stage's ``state`` and ``reason``."""
 
 from __future__ import annotations
 
@@ -11,23 +13,27 @@ from typing import Any
 import yaml
 
 from ..chat.methods import METHODS, PREFERENCE_METHODS
-from ..config import load_yaml
-from ..training.args import CONTINUE
-from .spec import Pipeline, REPO, StageSpec, _repo_path, _selected
+from ..config import config_to_dict, load_yaml, parse_config
+from ..training.args import CONTINUE, PretrainArgs
+from .spec import Pipeline, REPO, StageSpec, repo_path, selected
+
 
 @dataclasses.dataclass
 class Planned:
-    spec: StageSpec
-    name: str
+    spec: StageSpec  # the stage as it runs for this plan: "{variant}" and "{chat}" replaced
     run_dir: Path
     config: Path | None
     upstream: "Planned | None"  # the earlier stage whose output this one reads
     init_from: str | None  # what it starts from: the upstream's output, or a literal path / Hub id
     argv: list[str]  # the recipe's arguments (after the script)
     resolved: dict  # the resolved config (pretrain) or the inputs that define the stage (others)
-    state: str = "new"  # new | partial | done | changed | stale | rerun | unavailable
-    reason: str = ""
     teacher: "Planned | None" = None  # the earlier stage whose export/final is this one's teacher (distillation)
+    state: str = "new"  # new | partial | done | changed | stale | rerun | unavailable (set by state.assess)
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def output(self) -> Path | None:
@@ -41,26 +47,31 @@ class Planned:
         return self.state in ("new", "partial", "rerun")
 
 
-def _cli_value(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    return yaml.safe_dump(v, default_flow_style=True, width=10**9).strip().removesuffix("\n...")
+@dataclasses.dataclass
+class Plan:
+    """A pipeline planned for one run: the variant and root folder (their defaults applied once, by :func:`plan`)
+    and the stages in order. Iterating or indexing a Plan goes over its stages."""
 
+    pipeline: Pipeline
+    variant: str
+    root: Path
+    stages: list[Planned]
 
-def _argv(mapping: dict) -> list[str]:
-    out = []
-    for k, v in mapping.items():
-        out += [f"--{k}", _cli_value(v)]
-    return out
+    def __iter__(self):
+        return iter(self.stages)
+
+    def __getitem__(self, i: int) -> Planned:
+        return self.stages[i]
+
+    def __len__(self) -> int:
+        return len(self.stages)
 
 
 def plan(pipeline: Pipeline, variant: str | None = None, root: str | os.PathLike | None = None,
-         with_chat: bool | str = False, with_eval: bool = False) -> list[Planned]:
-    """The stages to run for ``variant``, with their folders, arguments and resolved configs (nothing is run).
-    ``with_chat``: True runs the optional chat stages with the file's ``chat`` method, a method name with that one."""
-    from ..config import config_to_dict, parse_config
-    from ..training.args import PretrainArgs
-
+         with_chat: bool | str = False, with_eval: bool = False) -> Plan:
+    """The stages to run for ``variant`` (default: the file's), in folders under ``root`` (default:
+    ``outputs/<pipeline name>``), with their arguments and resolved configs (nothing is run). ``with_chat``: True
+    runs the optional chat stages with the file's ``chat`` method, a method name with that one."""
     variant = variant or pipeline.variant
     if variant not in pipeline.variants:
         raise ValueError(f"variant {variant!r}: {pipeline.path} has {', '.join(pipeline.variants)}")
@@ -68,39 +79,41 @@ def plan(pipeline: Pipeline, variant: str | None = None, root: str | os.PathLike
     if chat not in PREFERENCE_METHODS:
         raise ValueError(f"--with-chat {chat}: choose one of {', '.join(PREFERENCE_METHODS)}")
     root = Path(root).resolve() if root else REPO / "outputs" / pipeline.name
-    planned: list[Planned] = []
-    for spec in _selected(pipeline, variant, with_chat, with_eval, chat):
-        name = spec.name.replace("{variant}", variant)
-        run_dir = root / name
-        config = _repo_path(spec.config.replace("{variant}", variant)) if spec.config else None
-        ref = spec.init_from.replace("{variant}", variant) if spec.init_from else None
-        by_name = {p.name: p for p in planned}
-        upstream = planned[-1] if ref == "previous" else by_name.get(ref)
-        init_from = str(upstream.output) if upstream else ref
-        overrides = dict(spec.overrides or {})
-        teacher_ref = spec.teacher.replace("{variant}", variant) if spec.teacher else None
-        teacher = by_name.get(teacher_ref)
-        if spec.recipe == "pretrain":
-            overrides.update({"output_dir": str(run_dir), "resume": "auto"})
-            if init_from:
-                overrides["init_from"] = init_from
-            if teacher_ref:  # an earlier stage's export/final, or a folder / Hub id as written
-                overrides["teacher"] = str(teacher.output) if teacher else teacher_ref
-            offset = _continued_offset(config, overrides, upstream)
-            if offset is not None:
-                overrides["lr_step_offset"] = offset
-            argv = ["--config", str(config), *_argv(overrides)]
-            (args,) = parse_config(PretrainArgs, argv)
-            resolved = _normalise(config_to_dict(args))
-        elif spec.recipe in METHODS:
-            overrides.update({"model_name_or_path": init_from, "output_dir": str(run_dir)})
-            argv = ["--config", str(config), *_argv(overrides)]
-            resolved = _normalise({**load_yaml(config), **overrides})
-        else:
-            argv = [init_from, spec.suite] + (["--limit", _cli_value(spec.limit)] if spec.limit is not None else [])
-            resolved = {"model": init_from, "suite": spec.suite, "limit": spec.limit}
-        planned.append(Planned(spec, name, run_dir, config, upstream, init_from, argv, resolved, teacher=teacher))
-    return planned
+    stages: list[Planned] = []
+    for spec in selected(pipeline, variant, with_chat, with_eval, chat):
+        stages.append(_planned(spec, root / spec.name, stages))
+    return Plan(pipeline, variant, root, stages)
+
+
+def _planned(spec: StageSpec, run_dir: Path, earlier: list[Planned]) -> Planned:
+    """One stage: what it reads (an earlier stage's output, or a path / Hub id as written), its teacher, its
+    recipe's arguments and its resolved config."""
+    by_name = {p.name: p for p in earlier}
+    upstream = earlier[-1] if spec.init_from == "previous" else by_name.get(spec.init_from)
+    teacher = by_name.get(spec.teacher)
+    init_from = str(upstream.output) if upstream else spec.init_from
+    config = repo_path(spec.config) if spec.config else None
+    overrides = dict(spec.overrides or {})
+    if spec.recipe == "pretrain":
+        overrides.update({"output_dir": str(run_dir), "resume": "auto"})
+        if init_from:
+            overrides["init_from"] = init_from
+        if spec.teacher:  # an earlier stage's export/final, or a folder / Hub id as written
+            overrides["teacher"] = str(teacher.output) if teacher else spec.teacher
+        offset = _continued_offset(config, overrides, upstream)
+        if offset is not None:
+            overrides["lr_step_offset"] = offset
+        argv = ["--config", str(config), *_argv(overrides)]
+        (args,) = parse_config(PretrainArgs, argv)
+        resolved = _normalise(config_to_dict(args))
+    elif spec.recipe in METHODS:
+        overrides.update({"model_name_or_path": init_from, "output_dir": str(run_dir)})
+        argv = ["--config", str(config), *_argv(overrides)]
+        resolved = _normalise({**load_yaml(config), **overrides})
+    else:  # eval
+        argv = [init_from, spec.suite] + (["--limit", _cli_value(spec.limit)] if spec.limit is not None else [])
+        resolved = {"model": init_from, "suite": spec.suite, "limit": spec.limit}
+    return Planned(spec, run_dir, config, upstream, init_from, argv, resolved, teacher)
 
 
 def _continued_offset(config: Path, overrides: dict, upstream: Planned | None) -> int | None:
@@ -115,6 +128,19 @@ def _continued_offset(config: Path, overrides: dict, upstream: Planned | None) -
         return None
     before = upstream.resolved.get("lr_step_offset")
     return before + upstream.resolved["max_steps"] if isinstance(before, int) else None
+
+
+def _argv(mapping: dict) -> list[str]:
+    out = []
+    for k, v in mapping.items():
+        out += [f"--{k}", _cli_value(v)]
+    return out
+
+
+def _cli_value(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    return yaml.safe_dump(v, default_flow_style=True, width=10**9).strip().removesuffix("\n...")
 
 
 def _normalise(d: dict) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+
 def chain_series(runs: list[tuple[str, Path]]) -> list[dict]:
     """Per stage: its training rows from logs/metrics.jsonl (the last row of each step wins, for a resumed run),
     with x = tokens of the whole chain so far and batch in tokens."""

@@ -1,5 +1,6 @@
 """Running: the command line of each stage and its subprocess (output shown and kept in a log), and
-:func:`run_pipeline`, the whole command: plan, check the state on disk, run what is left, write the summary."""
+:func:`run_pipeline`, the whole command: plan, check the state on disk, refuse changed stages, run what is left,
+write the summary."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from pathlib import Path
 
 from ..chat.methods import METHODS
 from ..utils import atomic_write_text
-from .plan import Planned, plan
-from .report import _fmt_seconds, format_table, summary_rows, write_summary
-from .spec import MARKER, OPTIONAL_FLAGS, Pipeline, RECIPES, REPO, load_pipeline
-from .state import _config_hash, _read_json, assess, fingerprint, read_marker
+from .plan import Plan, Planned, plan
+from .spec import MARKER, OPTIONAL_FLAGS, Pipeline, RECIPES, REPO, load_pipeline, selected
+from .state import assess, config_hash, fingerprint, pretraining_finished, read_marker, read_run_summary
+from .summary import format_table, ran_status, summary_rows, write_summary
+
 
 def launcher_for(pipeline: Pipeline, s: Planned, override: list[str] | None = None) -> list[str]:
     launcher = list(override or s.spec.launcher or pipeline.launcher)
@@ -56,7 +58,7 @@ def run_stage(pipeline: Pipeline, s: Planned, log_dir: Path, launcher: list[str]
     marker = read_marker(s.run_dir) if s.state == "partial" else {}
     marker.update({"stage": s.name, "recipe": s.spec.recipe, "config": str(s.config) if s.config else None,
                    "init_from": s.init_from, "input_fingerprint": fingerprint(s.init_from),
-                   "config_hash": _config_hash(s.resolved), "finished": None,
+                   "config_hash": config_hash(s.resolved), "finished": None,
                    "seconds": marker.get("seconds", 0.0)})
     atomic_write_text(s.run_dir / MARKER, json.dumps(marker, indent=2))
     cmd = command(pipeline, s, launcher)
@@ -73,12 +75,11 @@ def run_stage(pipeline: Pipeline, s: Planned, log_dir: Path, launcher: list[str]
         rc = proc.wait()
     elapsed = time.perf_counter() - start
     marker["seconds"] = marker["seconds"] + elapsed
-    if rc == 0 and s.spec.recipe == "pretrain":
-        summary = _read_json(s.run_dir / "summary.json")
-        if summary.get("step") != s.resolved["max_steps"] or not (s.run_dir / "export" / "final").is_dir():
-            atomic_write_text(s.run_dir / MARKER, json.dumps(marker, indent=2))
-            raise StageFailed(f"stage {s.name} stopped at step {summary.get('step')} of {s.resolved['max_steps']} "
-                              f"(preempted?): run the pipeline again to resume it from its last checkpoint")
+    if rc == 0 and s.spec.recipe == "pretrain" and not pretraining_finished(s):
+        atomic_write_text(s.run_dir / MARKER, json.dumps(marker, indent=2))
+        raise StageFailed(f"stage {s.name} stopped at step {read_run_summary(s.run_dir).get('step')} of "
+                          f"{s.resolved['max_steps']} (preempted?): run the pipeline again to resume it from its "
+                          f"last checkpoint")
     if rc != 0:
         atomic_write_text(s.run_dir / MARKER, json.dumps(marker, indent=2))
         raise StageFailed(f"stage {s.name} failed (exit status {rc}); its output is in {log_file}")
@@ -89,8 +90,6 @@ def run_stage(pipeline: Pipeline, s: Planned, log_dir: Path, launcher: list[str]
 
 class StageFailed(RuntimeError):
     pass
-
-
 
 
 def describe(stages: list[Planned]) -> str:
@@ -107,37 +106,50 @@ def run_pipeline(pipeline_path: str | os.PathLike, variant: str | None = None,
                  rerun: str | None = None, dry_run: bool = False, launcher: list[str] | None = None) -> dict:
     """Plan, check, run what is not done, and write the summary; returns the summary document. ``with_chat``: True
     or a chat method's name (the preference method of the "{chat}" stages)."""
-    pipeline = load_pipeline(pipeline_path)
-    variant = variant or pipeline.variant
-    stages = assess(plan(pipeline, variant, root, with_chat, with_eval), rerun)
-    root = Path(root).resolve() if root else REPO / "outputs" / pipeline.name
-    print(f"pipeline {pipeline.name} ({pipeline.path}), variant {variant} -> {root}\n{describe(stages)}", flush=True)
-    for flag_name, flag in OPTIONAL_FLAGS.items():
-        enabled = bool(with_chat) if flag_name == "chat" else with_eval
-        if not enabled and any(s.optional == flag_name and (s.variants is None or variant in s.variants)
-                               for s in pipeline.stages):
-            print(f"  ({flag_name} stages are left out: add {flag})")
-    blocked = [s for s in stages if s.state in ("changed", "stale")]
+    p = plan(load_pipeline(pipeline_path), variant, root, with_chat, with_eval)
+    assess(p.stages, rerun)
+    print(f"pipeline {p.pipeline.name} ({p.pipeline.path}), variant {p.variant} -> {p.root}\n{describe(p.stages)}",
+          flush=True)
+    for line in _left_out(p, with_chat, with_eval):
+        print(line)
+    _refuse_changed(p)
+    if dry_run:
+        return {"stages": [dataclasses.asdict(s.spec) | {"state": s.state} for s in p]}
+    return _run(p, launcher)
+
+
+def _left_out(p: Plan, with_chat: bool | str, with_eval: bool) -> list[str]:
+    """A note for each kind of optional stage this variant has that was not asked for."""
+    asked = {"chat": bool(with_chat), "eval": with_eval}
+    return [f"  ({kind} stages are left out: add {flag})" for kind, flag in OPTIONAL_FLAGS.items()
+            if not asked[kind] and any(s.optional == kind for s in selected(p.pipeline, p.variant, True, True))]
+
+
+def _refuse_changed(p: Plan) -> None:
+    """Stop before any work when a finished or started stage no longer matches the pipeline."""
+    blocked = [s for s in p if s.state in ("changed", "stale")]
     if blocked:
         lines = "\n".join(f"  - {s.name} ({s.run_dir}): {s.reason}" for s in blocked)
         raise ValueError(f"{len(blocked)} finished or started stage(s) no longer match the pipeline:\n{lines}\n"
                          f"Nothing was run. Restore the config, or retrain from the first of them (its folder and "
                          f"every later stage's are deleted): --rerun {blocked[0].name}")
-    if dry_run:
-        return {"stages": [dataclasses.asdict(s.spec) | {"name": s.name, "state": s.state} for s in stages]}
+
+
+def _run(p: Plan, launcher: list[str] | None) -> dict:
+    """Run the stages that are not done, in order; the summary is written even when one fails."""
     ran: dict[str, str] = {}
     try:
-        for s in stages:
+        for s in p:
             if not s.will_run:
                 continue
             resumed = s.state == "partial"
-            seconds = run_stage(pipeline, s, root / "logs", launcher)
-            ran[s.name] = f"{'resumed' if resumed else 'ran'} ({_fmt_seconds(seconds)})"
+            seconds = run_stage(p.pipeline, s, p.root / "logs", launcher)
+            ran[s.name] = ran_status(resumed, seconds)
             s.state = "done"
     finally:
-        rows = summary_rows(stages, ran)
-        doc = write_summary(pipeline, variant, root, rows, stages)
+        rows = summary_rows(p.stages, ran)
+        doc = write_summary(p, rows)
         print("\n" + format_table(rows), flush=True)
-        print(f"\nsummary: {root / f'pipeline-{variant}.md'} (.json)" +
+        print(f"\nsummary: {p.root / f'pipeline-{p.variant}.md'} (.json)" +
               (f", plot: {doc['plot']}" if doc.get("plot") else ""), flush=True)
     return doc

@@ -70,7 +70,7 @@ class Pipeline:
     chat: str = "dpo"
 
 
-def _repo_path(p: str | os.PathLike) -> Path:
+def repo_path(p: str | os.PathLike) -> Path:
     """A path from a pipeline file: absolute, or relative to the repository root (like every config path here)."""
     return Path(p) if Path(p).is_absolute() else REPO / p
 
@@ -136,49 +136,51 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
 
 
 def _check_plan(pipeline: Pipeline, variant: str, chat: str) -> list[str]:
-    errors, seen = [], []
-    all_names = {with_chat_method(s, chat).name.replace("{variant}", v) for s in pipeline.stages
-                 for v in pipeline.variants}
-    for spec in _selected(pipeline, variant, with_chat=True, with_eval=True, chat=chat):
-        name = spec.name.replace("{variant}", variant)
+    """What does not hold together in one variant's plan, every optional stage included: names, references, config
+    files."""
+    errors, seen = [], {}  # the stages so far, by name
+    all_names = {with_variant(with_chat_method(s, chat), v).name for s in pipeline.stages for v in pipeline.variants}
+    for spec in selected(pipeline, variant, with_chat=True, with_eval=True, chat=chat):
+        name, ref, teacher = spec.name, spec.init_from, spec.teacher
         if name in seen:
             errors.append(f"stage name '{name}' appears twice")
-        if spec.config and not _repo_path(spec.config.replace("{variant}", variant)).is_file():
-            errors.append(f"{name}: config file not found: {spec.config.replace('{variant}', variant)}")
-        ref = spec.init_from.replace("{variant}", variant) if spec.init_from else None
+        if spec.config and not repo_path(spec.config).is_file():
+            errors.append(f"{name}: config file not found: {spec.config}")
         if ref == "previous" and not seen:
             errors.append(f"{name}: init_from 'previous', but it is the first stage")
         elif ref in all_names and ref not in seen:
             errors.append(f"{name}: init_from '{ref}' is not an earlier stage of this variant")
-        elif ref and ref in seen and _stage_by_name(pipeline, variant, ref, chat).recipe == "eval":
+        elif ref and ref in seen and seen[ref].recipe == "eval":
             errors.append(f"{name}: init_from '{ref}' is an evaluation, which has no model to start from")
-        teacher = spec.teacher.replace("{variant}", variant) if spec.teacher else None
         if teacher and spec.recipe != "pretrain":
             errors.append(f"{name}: 'teacher' is for pretraining stages (recipes/pretrain.py)")
-        elif teacher in all_names and (teacher not in seen or
-                                       _stage_by_name(pipeline, variant, teacher, chat).recipe != "pretrain"):
+        elif teacher in all_names and (teacher not in seen or seen[teacher].recipe != "pretrain"):
             errors.append(f"{name}: teacher '{teacher}' is not an earlier pretraining stage of this variant")
         if (spec.recipe in METHODS or spec.recipe == "eval") and not ref:
             errors.append(f"{name}: a {spec.recipe} stage needs init_from (the model it reads)")
-        seen.append(name)
+        seen.setdefault(name, spec)
     return errors
+
+
+def selected(pipeline: Pipeline, variant: str, with_chat: bool | str, with_eval: bool,
+             chat: str | None = None) -> list[StageSpec]:
+    """The stages of a variant (the optional ones when asked) as they run: "{chat}" replaced by ``chat`` (default:
+    the file's method) and "{variant}" by the variant."""
+    flags = {"chat": bool(with_chat), "eval": with_eval}
+    return [with_variant(with_chat_method(s, chat or pipeline.chat), variant) for s in pipeline.stages
+            if (s.variants is None or variant in s.variants) and (s.optional is None or flags[s.optional])]
 
 
 def with_chat_method(spec: StageSpec, chat: str) -> StageSpec:
     """The stage with "{chat}" replaced by the chat method in its name, recipe, config and init_from."""
-    fields = {k: getattr(spec, k).replace(CHAT, chat) for k in ("name", "recipe", "config", "init_from")
-              if isinstance(getattr(spec, k), str)}
+    return _replace(spec, CHAT, chat, ("name", "recipe", "config", "init_from"))
+
+
+def with_variant(spec: StageSpec, variant: str) -> StageSpec:
+    """The stage with "{variant}" replaced by the variant in its name, config, init_from and teacher."""
+    return _replace(spec, "{variant}", variant, ("name", "config", "init_from", "teacher"))
+
+
+def _replace(spec: StageSpec, placeholder: str, value: str, keys: tuple[str, ...]) -> StageSpec:
+    fields = {k: getattr(spec, k).replace(placeholder, value) for k in keys if isinstance(getattr(spec, k), str)}
     return dataclasses.replace(spec, **fields)
-
-
-def _selected(pipeline: Pipeline, variant: str, with_chat: bool, with_eval: bool,
-              chat: str | None = None) -> list[StageSpec]:
-    """The stages of a variant (optional ones when asked), "{chat}" replaced by ``chat`` (default: the file's)."""
-    flags = {"chat": bool(with_chat), "eval": with_eval}
-    return [with_chat_method(s, chat or pipeline.chat) for s in pipeline.stages
-            if (s.variants is None or variant in s.variants) and (s.optional is None or flags[s.optional])]
-
-
-def _stage_by_name(pipeline: Pipeline, variant: str, name: str, chat: str | None = None) -> StageSpec:
-    return next(s for s in _selected(pipeline, variant, True, True, chat)
-                if s.name.replace("{variant}", variant) == name)

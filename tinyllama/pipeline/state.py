@@ -15,6 +15,7 @@ from ..environment import offline
 from .plan import Planned
 from .spec import MARKER, OPERATIONAL_KEYS, RECIPES, REPO
 
+
 def fingerprint(path: str | os.PathLike | None) -> str | None:
     """Identity of a model folder's weights (a Hub id or other non-folder: the name itself). Reads the size and the
     first and last MiB of each weights file, so it survives copying or moving the folder but not retraining."""
@@ -43,18 +44,23 @@ def read_marker(run_dir: Path) -> dict:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def _config_hash(resolved: dict) -> str:
+def config_hash(resolved: dict) -> str:
+    """The identity of a stage's resolved config, kept in its marker: a chat or eval stage is finished only for the
+    config it ran with."""
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _config_diff(saved: dict, resolved: dict) -> list[str]:
-    keys = sorted((set(saved) | set(resolved)) - OPERATIONAL_KEYS)
-    return [f"{k}: {saved.get(k, '<unset>')!r} -> {resolved.get(k, '<unset>')!r}" for k in keys
-            if saved.get(k) != resolved.get(k)]
+def read_run_summary(run_dir: Path) -> dict:
+    """The ``summary.json`` a recipe writes in its run folder at the end (step, tokens, final loss, metrics); {}
+    before that."""
+    f = Path(run_dir) / "summary.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def pretraining_finished(s: Planned) -> bool:
+    """A pretraining stage trained to its max_steps and exported its final weights."""
+    return (read_run_summary(s.run_dir).get("step") == s.resolved["max_steps"]
+            and (s.run_dir / "export" / "final").is_dir())
 
 
 def assess(stages: list[Planned], rerun: str | None = None) -> list[Planned]:
@@ -85,6 +91,10 @@ def assess(stages: list[Planned], rerun: str | None = None) -> list[Planned]:
     return stages
 
 
+def _config_diff(saved: dict, resolved: dict) -> list[str]:
+    keys = sorted((set(saved) | set(resolved)) - OPERATIONAL_KEYS)
+    return [f"{k}: {saved.get(k, '<unset>')!r} -> {resolved.get(k, '<unset>')!r}" for k in keys
+            if saved.get(k) != resolved.get(k)]
 
 
 def _state_on_disk(s: Planned) -> tuple[str, str]:
@@ -100,7 +110,7 @@ def _state_on_disk(s: Planned) -> tuple[str, str]:
         if not marker:
             return ("new", "") if not s.run_dir.exists() else ("changed", f"{s.run_dir} exists but was not made by "
                                                                           "this pipeline")
-        if marker.get("config_hash") != _config_hash(s.resolved):
+        if marker.get("config_hash") != config_hash(s.resolved):
             return "changed", "its config or overrides differ from the ones it ran with"
     if s.teacher is not None and s.teacher.will_run:
         return "stale", f"its teacher, stage {s.teacher.name}, is about to be (re)trained"
@@ -110,8 +120,7 @@ def _state_on_disk(s: Planned) -> tuple[str, str]:
         if marker and marker.get("input_fingerprint") != fingerprint(s.init_from):
             return "stale", f"its input {s.init_from} changed since it ran"
     if s.spec.recipe == "pretrain":
-        summary = _read_json(s.run_dir / "summary.json")
-        if summary.get("step") == s.resolved["max_steps"] and (s.run_dir / "export" / "final").is_dir():
+        if pretraining_finished(s):
             return "done", ""
         from ..checkpoints import complete_checkpoints
 

@@ -9,22 +9,24 @@ from pathlib import Path
 
 from ..chat.methods import METHODS
 from ..utils import atomic_write_text
-from .plan import Planned
+from .plan import Plan, Planned
 from .plot import plot_chain
-from .spec import Pipeline
-from .state import _read_json, read_marker
+from .state import read_marker, read_run_summary
+
 
 def summary_rows(stages: list[Planned], ran: dict[str, str]) -> list[dict]:
     """One row per stage: what it is, what happened now, its steps, tokens (and the chain's cumulative tokens),
-    final loss (or evaluation result), time spent on it over all runs, and its folder."""
+    final loss (or evaluation result), time spent on it over all runs, and its folder. ``ran``: the status of the
+    stages run now (:func:`ran_status`)."""
     rows, cumulative = [], 0
     for s in stages:
         marker = read_marker(s.run_dir)
         row = {"stage": s.name, "recipe": s.spec.recipe, "status": ran.get(s.name) or _status_text(s),
-               "note": s.reason if s.state == "unavailable" else None, "steps": None, "tokens": None, "cumulative_tokens": None, "final_loss": None, "result": None,
+               "note": s.reason if s.state == "unavailable" else None, "steps": None, "tokens": None,
+               "cumulative_tokens": None, "final_loss": None, "result": None,
                "seconds": marker.get("seconds"), "output": str(s.run_dir)}
         if s.spec.recipe == "pretrain" or s.spec.recipe in METHODS:  # each recipe writes summary.json at the end
-            summary = _read_json(s.run_dir / "summary.json")
+            summary = read_run_summary(s.run_dir)
             if summary:
                 row.update(steps=summary.get("step"), final_loss=summary.get("final_loss"))
             if summary and s.spec.recipe in METHODS:
@@ -53,6 +55,11 @@ def _heldout_result(metrics: dict) -> str | None:
     was = f"{start[0]:.0%} -> " if start[0] is not None else ""
     moved = f" ({margin - start[1]:+.3f})" if start[1] is not None else ""
     return f"held-out pairs {was}{acc:.0%}, margin/token {margin:.3f}{moved}"
+
+
+def ran_status(resumed: bool, seconds: float) -> str:
+    """The status of a stage run now, as the table shows it: ``ran (42s)`` or ``resumed (3.5min)``."""
+    return f"{'resumed' if resumed else 'ran'} ({_fmt_seconds(seconds)})"
 
 
 def _status_text(s: Planned) -> str:
@@ -120,9 +127,12 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
     return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(c) for c in cells] + notes)
 
 
-def write_summary(pipeline: Pipeline, variant: str, root: Path, rows: list[dict], stages: list[Planned]) -> dict:
-    root.mkdir(parents=True, exist_ok=True)
-    base = root / f"pipeline-{variant}"
+def write_summary(p: Plan, rows: list[dict]) -> dict:
+    """``<root>/pipeline-<variant>.json`` and ``.md`` (the table), and the chain's plot beside them (``.png``, when a
+    pretraining stage has logged); returns the summary document."""
+    pipeline, variant = p.pipeline, p.variant
+    p.root.mkdir(parents=True, exist_ok=True)
+    base = p.root / f"pipeline-{variant}"
     doc = {"pipeline": str(pipeline.path), "name": pipeline.name, "variant": variant,
            "written": datetime.datetime.now().isoformat(timespec="seconds"), "stages": rows,
            "total_tokens": sum(r["tokens"] or 0 for r in rows)}
@@ -131,7 +141,7 @@ def write_summary(pipeline: Pipeline, variant: str, root: Path, rows: list[dict]
           f"{_fmt_tokens(doc['total_tokens'])} pretraining tokens in all.\n\n" + format_table(rows, markdown=True)
           + f"\n![learning rate, batch size, source shares and loss over the chain]({base.name}.png)\n")
     atomic_write_text(base.with_suffix(".md"), md)
-    runs = [(s.name, s.run_dir) for s in stages if s.spec.recipe == "pretrain" and (s.run_dir / "logs").is_dir()]
+    runs = [(s.name, s.run_dir) for s in p if s.spec.recipe == "pretrain" and (s.run_dir / "logs").is_dir()]
     if runs:
         doc["plot"] = str(plot_chain(runs, base.with_suffix(".png"), f"{pipeline.name} ({variant})"))
     return doc
