@@ -179,3 +179,18 @@ def test_environment_variables_are_read_in_one_module():
              for p in sorted(folder.rglob("*.py")) if p.name != "environment.py" and "gpu" not in p.parts
              for line in _environment_reads(p)]
     assert not found, "read tinyllama.environment instead: " + ", ".join(found)
+
+
+def test_no_private_name_crosses_a_module():
+    """A name with a leading underscore stays in its module: no ``from .x import _name`` between this project's
+    modules (the package, recipes, scripts, evaluation entry points), and so no private re-exports either. What
+    another module needs is public, with a docstring saying what it is for."""
+    found = []
+    for folder in (PACKAGE, REPO / "recipes", REPO / "scripts", REPO / "evaluation"):
+        for path in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in (
+                        "tinyllama", "benchmark_data", "pretrain_utils")):
+                    found += [f"{path.relative_to(REPO)}:{node.lineno} {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, "private names imported across modules: " + ", ".join(found)

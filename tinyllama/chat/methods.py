@@ -1,6 +1,6 @@
 """The chat methods: one entry per way of fine-tuning a chat model, read by the recipes (``recipes/sft.py``,
 ``dpo.py`` and ``chat.py``), the pipeline (``recipe:`` names and ``--with-chat METHOD``), the model card and the
-pipeline's report. Each entry says which TRL trainer and config class run the method, what data it reads and how
+pipeline's summary. Each entry says which TRL trainer and config class run the method, what data it reads and how
 the recipe treats it; the flow around the trainer is the same for all (``tinyllama/chat/recipe.py``).
 
 Adding a method: one entry below, one config ``configs/chat/<name>-*.yaml`` with ``method: <name>``, and its
