@@ -59,6 +59,33 @@ def test_load_suite_reports_every_problem(tmp_path):
         ev.load_suite("commonsens")
 
 
+def test_suite_file_problems_come_in_one_message_with_the_closest_key(tmp_path):
+    """A suite YAML goes through the configuration parser (tinyllama.config.check_mapping): a misspelt key and a
+    mistyped value are both reported, in one error naming the file, the misspelt key with the closest known one."""
+    bad = tmp_path / "typos.yaml"
+    bad.write_text("descriptoin: typos\nnum_fewshot: five\ntasks:\n  - {task: piqa, lable: PIQA}\n")
+    with pytest.raises(ValueError) as e:
+        ev.load_suite(bad)
+    msg = str(e.value)
+    assert str(bad) in msg and "3 problem(s)" in msg
+    assert "unknown key 'descriptoin' (suite file); did you mean 'description'?" in msg
+    assert "'num_fewshot' (suite file): expected an integer, got 'five'" in msg
+    assert "unknown key 'lable' in tasks[0] (piqa); did you mean 'label'?" in msg
+
+
+def test_reference_file_problems_come_in_one_message(tmp_path):
+    bad = tmp_path / "reference.yaml"
+    bad.write_text(yaml.safe_dump({"suites": {"commonsense": {
+        "source": "s", "metrics": {"piqa": "acc_norm"},
+        "rows": [{"model": "m", "tokns": "1T", "avg": "high", "scores": {"piqa": 70.1, "boolq": 60.0}}]}}}))
+    with pytest.raises(ValueError) as e:
+        ev.load_reference(bad)
+    msg = str(e.value)
+    assert str(bad) in msg and "3 problem(s)" in msg
+    assert "did you mean 'tokens'?" in msg and "'avg' in suites.commonsense.rows[0] (m): expected float, got 'high'" in msg
+    assert "no metric declared for ['boolq']" in msg
+
+
 def test_reference_scores_match_suites_and_published_averages():
     ref = ev.load_reference()
     assert set(ref) <= set(ev.available_suites())
