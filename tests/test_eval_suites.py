@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tinyllama import evaluation as ev
+from tinyllama.evaluation.runner import lm_eval_env
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "evaluation" / "run_lm_eval.sh"
@@ -262,14 +263,14 @@ def test_lm_eval_commands_one_call_per_shot_count(tmp_path):
         assert c[c.index("--output_path") + 1] == str(tmp_path / "results.json")
         assert "--log_samples" in c and c[-2:] == ["--seed", "1"] and c[c.index("--limit") + 1] == "3"
         assert ("--confirm_run_unsafe_code" in c) == (tasks == "humaneval")
-    env = ev._clean_env(True)
+    env = lm_eval_env(True)
     assert env["HF_ALLOW_CODE_EVAL"] == "1"
 
 
 def test_clean_env_drops_distributed_variables(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "ACCELERATE_MIXED_PRECISION"):
         monkeypatch.setenv(k, "1")
-    env = ev._clean_env(False)
+    env = lm_eval_env(False)
     assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "ACCELERATE_MIXED_PRECISION"} & set(env)
     assert "HF_ALLOW_CODE_EVAL" not in env or os.environ.get("HF_ALLOW_CODE_EVAL")
 
