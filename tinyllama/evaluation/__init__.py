@@ -16,8 +16,10 @@ order the work flows:
 - ``results.py``: reads the results back (:func:`summarize`); :func:`run_suite` does all of it for the
   pretraining loop;
 - ``perplexity.py``: held-out perplexity and bits per byte;
+- ``scoreboard.py``: the results beside TinyLlama's published scores, Markdown tables and plots over tokens seen
+  (:func:`~tinyllama.evaluation.scoreboard.build_report`, which ``evaluation/report.py`` calls);
 - ``contamination.py``: a model's training data (its ``training_metadata.json``, or given folders) and the
-  evaluation items its sources' manifests found in it, for the report's marks (``evaluation/report.py``);
+  evaluation items its sources' manifests found in it, for the scoreboard's marks;
 - ``cli.py``: the command line; ``layout.py``: folder and file names.
 
 Command line (``evaluation/run_lm_eval.sh`` calls the first form)::
