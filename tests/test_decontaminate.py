@@ -7,7 +7,6 @@ import pickle
 import re
 import shutil
 import sys
-from importlib import util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -189,11 +188,9 @@ def test_tally_to_dict_from_dict_round_trip(items, index):
 # ------------------------------------------------------------------------------------------------ the report
 @pytest.fixture(scope="module")
 def report():
-    spec = util.spec_from_file_location("tinyllama_eval_report", REPO / "evaluation" / "report.py")
-    module = util.module_from_spec(spec)
-    sys.modules["tinyllama_eval_report"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from tinyllama.evaluation import scoreboard
+
+    return scoreboard
 
 
 def _section(mode, hits: dict) -> dict:

@@ -253,17 +253,13 @@ def test_report_renders_table_with_reference_rows_and_plot(evaluated, tmp_path):
 
 def test_report_reads_a_plain_lm_eval_folder_and_skips_the_plot_for_one_point(evaluated, tmp_path):
     """A folder written by lm-eval itself (no run_info.json): suite guessed from its tasks, one row, no plot."""
-    from importlib import util
+    from tinyllama.evaluation import scoreboard as report
 
     src = evaluated["run"] / "eval" / "step-000100" / "commonsense"
     plain = tmp_path / "plain"
     plain.mkdir()
     for f in src.glob("results_*.json"):
         (plain / f.name).write_text(f.read_text())
-    spec = util.spec_from_file_location("tinyllama_eval_report", REPO / "evaluation" / "report.py")
-    report = util.module_from_spec(spec)
-    sys.modules["tinyllama_eval_report"] = report  # dataclasses look their module up there
-    spec.loader.exec_module(report)
     md, plots = report.build_report([plain], tmp_path / "out")
     assert plots == []
     assert "| step-000100† | 410K |" in md  # label and tokens from the model folder's training_metadata.json

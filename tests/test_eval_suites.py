@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tinyllama import evaluation as ev
+from tinyllama.evaluation.runner import lm_eval_env
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "evaluation" / "run_lm_eval.sh"
@@ -57,6 +58,33 @@ def test_load_suite_reports_every_problem(tmp_path):
     assert "taks" in msg and "num_fewshot" in msg and "foo" in msg and "tasks[1]" in msg
     with pytest.raises(ValueError, match="did you mean 'commonsense'"):
         ev.load_suite("commonsens")
+
+
+def test_suite_file_problems_come_in_one_message_with_the_closest_key(tmp_path):
+    """A suite YAML goes through the configuration parser (tinyllama.config.check_mapping): a misspelt key and a
+    mistyped value are both reported, in one error naming the file, the misspelt key with the closest known one."""
+    bad = tmp_path / "typos.yaml"
+    bad.write_text("descriptoin: typos\nnum_fewshot: five\ntasks:\n  - {task: piqa, lable: PIQA}\n")
+    with pytest.raises(ValueError) as e:
+        ev.load_suite(bad)
+    msg = str(e.value)
+    assert str(bad) in msg and "3 problem(s)" in msg
+    assert "unknown key 'descriptoin' (suite file); did you mean 'description'?" in msg
+    assert "'num_fewshot' (suite file): expected an integer, got 'five'" in msg
+    assert "unknown key 'lable' in tasks[0] (piqa); did you mean 'label'?" in msg
+
+
+def test_reference_file_problems_come_in_one_message(tmp_path):
+    bad = tmp_path / "reference.yaml"
+    bad.write_text(yaml.safe_dump({"suites": {"commonsense": {
+        "source": "s", "metrics": {"piqa": "acc_norm"},
+        "rows": [{"model": "m", "tokns": "1T", "avg": "high", "scores": {"piqa": 70.1, "boolq": 60.0}}]}}}))
+    with pytest.raises(ValueError) as e:
+        ev.load_reference(bad)
+    msg = str(e.value)
+    assert str(bad) in msg and "3 problem(s)" in msg
+    assert "did you mean 'tokens'?" in msg and "'avg' in suites.commonsense.rows[0] (m): expected float, got 'high'" in msg
+    assert "no metric declared for ['boolq']" in msg
 
 
 def test_reference_scores_match_suites_and_published_averages():
@@ -235,14 +263,14 @@ def test_lm_eval_commands_one_call_per_shot_count(tmp_path):
         assert c[c.index("--output_path") + 1] == str(tmp_path / "results.json")
         assert "--log_samples" in c and c[-2:] == ["--seed", "1"] and c[c.index("--limit") + 1] == "3"
         assert ("--confirm_run_unsafe_code" in c) == (tasks == "humaneval")
-    env = ev._clean_env(True)
+    env = lm_eval_env(True)
     assert env["HF_ALLOW_CODE_EVAL"] == "1"
 
 
 def test_clean_env_drops_distributed_variables(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "ACCELERATE_MIXED_PRECISION"):
         monkeypatch.setenv(k, "1")
-    env = ev._clean_env(False)
+    env = lm_eval_env(False)
     assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "ACCELERATE_MIXED_PRECISION"} & set(env)
     assert "HF_ALLOW_CODE_EVAL" not in env or os.environ.get("HF_ALLOW_CODE_EVAL")
 

@@ -4,7 +4,8 @@ lm-eval runs its own tasks and its own scoring; nothing here computes a benchmar
 order the work flows:
 
 - ``suites.py``: the suites (``evaluation/suites/<name>.yaml``: lm-eval task names, shots, the metric to report)
-  and the published reference scores, checked against the installed lm-eval;
+  and the published reference scores, both read by the configuration parser (``tinyllama.config.check_mapping``)
+  and checked against the installed lm-eval;
 - ``models.py``: resolves MODEL: a model folder (``config.json`` + ``*.safetensors`` + tokenizer), a training
   checkpoint (``outputs/<run>/checkpoints/step-N`` -> its ``outputs/<run>/export/step-N``, exported on the fly
   with ``tinyllama.checkpoints.export_checkpoint`` when missing) or a Hub id;
@@ -15,8 +16,10 @@ order the work flows:
 - ``results.py``: reads the results back (:func:`summarize`); :func:`run_suite` does all of it for the
   pretraining loop;
 - ``perplexity.py``: held-out perplexity and bits per byte;
+- ``scoreboard.py``: the results beside TinyLlama's published scores, Markdown tables and plots over tokens seen
+  (:func:`~tinyllama.evaluation.scoreboard.build_report`, which ``evaluation/report.py`` calls);
 - ``contamination.py``: a model's training data (its ``training_metadata.json``, or given folders) and the
-  evaluation items its sources' manifests found in it, for the report's marks (``evaluation/report.py``);
+  evaluation items its sources' manifests found in it, for the scoreboard's marks;
 - ``cli.py``: the command line; ``layout.py``: folder and file names.
 
 Command line (``evaluation/run_lm_eval.sh`` calls the first form)::
@@ -25,12 +28,13 @@ Command line (``evaluation/run_lm_eval.sh`` calls the first form)::
     python -m tinyllama.evaluation perplexity MODEL DATA [--text_field text] [--out DIR] ...
     python -m tinyllama.evaluation suites
 
-Every name is importable from ``tinyllama.evaluation`` itself, as before the split.
+The names users, recipes and scripts call are importable from ``tinyllama.evaluation`` itself; the rest from their
+module.
 """
 
 from .layout import (  # noqa: F401
     EVAL_DIR, SUITES_DIR, REFERENCE_FILE, PERPLEXITY_METRIC, DEFAULT_SUITE, DEFAULT_OUT, TRAINING_METADATA_FILE,
-    RUN_INFO_FILE, PERPLEXITY_RESULTS_FILE, BACKENDS, _DISTRIBUTED_ENV, _OWNED_ARGS,
+    RUN_INFO_FILE, PERPLEXITY_RESULTS_FILE, BACKENDS,
 )
 from .suites import (  # noqa: F401
     SuiteTask, Suite, available_suites, load_suite, select_tasks, lm_eval_task_index, check_suite_tasks,
@@ -40,8 +44,8 @@ from .models import (  # noqa: F401
     ResolvedModel, is_model_folder, read_training_metadata, export_checkpoint_on_the_fly,
     resolve_model, model_chat_template,
 )
-from .offline import _SPLIT_KEYS, _BUILDERS, leaf_tasks, _find_split_files, write_offline_tasks  # noqa: F401
-from .runner import _device_defaults, _clean_env, LmEvalError, lm_eval_commands, prompt_format, run  # noqa: F401
+from .offline import leaf_tasks, write_offline_tasks  # noqa: F401
+from .runner import LmEvalError, lm_eval_commands, prompt_format, run  # noqa: F401
 from .results import load_results, clean_metrics, pick_metric, summarize, run_suite, export_hook  # noqa: F401
 from .perplexity import load_texts, perplexity_metric, run_perplexity  # noqa: F401
-from .cli import USAGE, _cli_run, _cli_perplexity, main  # noqa: F401
+from .cli import USAGE, main  # noqa: F401

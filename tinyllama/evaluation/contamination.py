@@ -1,9 +1,11 @@
 """Which evaluation items a model's training data held: read back from the ``"contamination"`` sections that data
-preparation writes into each source's ``manifest.json`` (``tinyllama/data/decontaminate.py``), for the report.
+preparation writes into each source's ``manifest.json`` (``tinyllama/data/decontaminate.py``), for the report's
+marks (``scoreboard.py``).
 
 The training data of a model is found in one of two ways:
 
-- given: one or more prepared data folders (``report.py --data_dir DIR``: every ``DIR/<source>/manifest.json``);
+- given: one or more prepared data folders (``evaluation/report.py --data_dir DIR``: every
+  ``DIR/<source>/manifest.json``);
 - automatically: the ``training_metadata.json`` that the pretraining loop writes into each export records the
   data folder and the mixture; sources with a weight above zero count, and a model initialised from an earlier
   stage's export or checkpoint (``init_from``) adds that stage's training data, and so on back.
@@ -65,6 +67,10 @@ class TrainingData:
 
     def known_tasks(self) -> set[str]:
         return {t for sec in self._sections.values() for t in sec["tasks"]}
+
+    def ngram_sizes(self) -> list[int]:
+        """The n of the n-gram checks the sources were prepared with (the report's footnotes name it)."""
+        return sorted({sec["ngram"] for sec in self._sections.values()})
 
     def unchecked_sources(self) -> list[Path]:
         return [s for s in self.sources if s not in self._sections]

@@ -20,12 +20,6 @@ RUN_INFO_FILE = "run_info.json"
 PERPLEXITY_RESULTS_FILE = "perplexity.json"
 BACKENDS = ("hf", "vllm")
 
-# Inherited by a child process, these would make lm-eval's accelerate join the training job's process group.
-_DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "NODE_RANK")
-# Arguments the runner owns: a suite decides the tasks (and whether a chat model is scored with its chat template,
-# which run_info.json records) and the runner the output folder.
-_OWNED_ARGS = {"--tasks": "EVAL_TASKS=a,b (or run_suite(tasks_override=...))", "-t": "EVAL_TASKS=a,b",
-               "--output_path": "EVAL_OUT=DIR", "-o": "EVAL_OUT=DIR",
-               "--apply_chat_template": "EVAL_CHAT_TEMPLATE=1 (or run(..., chat_template=True))",
-               "--fewshot_as_multiturn": "EVAL_CHAT_TEMPLATE=1 (few-shot examples become turns with the template)"}
+DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+"""The ``datasets`` builder that reads a local data file, by the file's suffix: the offline task data
+(``offline.py``) and the perplexity texts (``perplexity.py``)."""

@@ -10,10 +10,10 @@ from typing import Sequence
 import yaml
 
 from ..utils import atomic_write_text
+from .layout import DATA_FILE_BUILDERS
 from .suites import SuiteTask, lm_eval_task_index
 
 _SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
-_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
 def leaf_tasks(name: str, index: dict) -> list[str]:
@@ -44,7 +44,7 @@ def _find_split_files(data_dir: Path, task: str, cfg: dict, split: str) -> list[
         roots += ([base / str(cfg["dataset_name"])] if cfg.get("dataset_name") else []) + [base / "data", base]
     for root in roots:
         if root.is_dir():
-            files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix in _BUILDERS
+            files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix in DATA_FILE_BUILDERS
                            and (p.stem == split or p.name.startswith(f"{split}-")))
             if files:
                 return files
@@ -99,7 +99,7 @@ def write_offline_tasks(tasks: Sequence[SuiteTask], data_dir: str | os.PathLike,
                     override[key] = None
             if not data_files:
                 continue
-            builders = {_BUILDERS[p.suffix] for files in data_files.values() for p in files}
+            builders = {DATA_FILE_BUILDERS[p.suffix] for files in data_files.values() for p in files}
             if len(builders) > 1:
                 errors.append(f"{name}: local files mix formats {sorted(builders)}; use one format per task")
                 continue

@@ -11,9 +11,8 @@ import os
 from pathlib import Path
 
 from ..utils import atomic_write_text, is_hub_id
-from .layout import PERPLEXITY_METRIC, PERPLEXITY_RESULTS_FILE, RUN_INFO_FILE
+from .layout import DATA_FILE_BUILDERS, PERPLEXITY_METRIC, PERPLEXITY_RESULTS_FILE, RUN_INFO_FILE
 from .models import resolve_model
-from .offline import _BUILDERS
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +27,16 @@ def load_texts(data: str | os.PathLike, text_field: str = "text", split: str = "
         import datasets
 
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in _BUILDERS)
-            kinds = {_BUILDERS[p.suffix] for p in files}
+            files = sorted(p for p in path.rglob("*") if p.suffix in DATA_FILE_BUILDERS)
+            kinds = {DATA_FILE_BUILDERS[p.suffix] for p in files}
             if len(kinds) != 1:
                 raise ValueError(f"{path}: expected files of one format (.jsonl, .json, .parquet or .csv), found "
                                  f"{sorted(kinds) or 'none'}")
             ds = datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train")
         elif path.is_file():
-            if path.suffix not in _BUILDERS:
+            if path.suffix not in DATA_FILE_BUILDERS:
                 raise ValueError(f"{path}: expected .txt, .jsonl, .json, .parquet or .csv")
-            ds = datasets.load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
+            ds = datasets.load_dataset(DATA_FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
         elif not is_hub_id(data):
             raise FileNotFoundError(f"data not found: {data}")
         else:

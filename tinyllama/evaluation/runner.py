@@ -14,12 +14,23 @@ from pathlib import Path
 from typing import Sequence
 
 from ..utils import atomic_write_text, repo_root
-from .layout import BACKENDS, DEFAULT_SUITE, RUN_INFO_FILE, _DISTRIBUTED_ENV, _OWNED_ARGS
+from .layout import BACKENDS, DEFAULT_SUITE, RUN_INFO_FILE
 from .models import ResolvedModel, model_chat_template, resolve_model
 from .offline import write_offline_tasks
 from .suites import Suite, SuiteTask, lm_eval_task_index, load_suite, select_tasks
 
 log = logging.getLogger(__name__)
+
+# Inherited by a child process, these would make lm-eval's accelerate join the training job's process group.
+_DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "NODE_RANK")
+# Arguments the runner owns: a suite decides the tasks (and whether a chat model is scored with its chat template,
+# which run_info.json records) and the runner the output folder.
+_OWNED_ARGS = {"--tasks": "EVAL_TASKS=a,b (or run_suite(tasks_override=...))", "-t": "EVAL_TASKS=a,b",
+               "--output_path": "EVAL_OUT=DIR", "-o": "EVAL_OUT=DIR",
+               "--apply_chat_template": "EVAL_CHAT_TEMPLATE=1 (or run(..., chat_template=True))",
+               "--fewshot_as_multiturn": "EVAL_CHAT_TEMPLATE=1 (few-shot examples become turns with the template)"}
+
 
 def _device_defaults(backend: str) -> tuple[str, str]:
     """(batch_size, dtype): lm-eval's own probing and the checkpoint's dtype on a GPU; on a CPU a fixed batch
@@ -31,7 +42,11 @@ def _device_defaults(backend: str) -> tuple[str, str]:
     return ("auto", "auto") if torch.cuda.is_available() else ("8", "float32")
 
 
-def _clean_env(allow_code_execution: bool) -> dict:
+def lm_eval_env(allow_code_execution: bool) -> dict:
+    """The environment of lm-eval's child process: this process's, less the torch.distributed and accelerate
+    variables (inherited, they would make lm-eval join a training job's process group), with the repository on
+    ``PYTHONPATH``, ``TOKENIZERS_PARALLELISM=false`` unless set, and ``HF_ALLOW_CODE_EVAL=1`` when code execution is
+    allowed (HF evaluate's ``code_eval`` refuses without it)."""
     env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONPATH"] = os.pathsep.join([str(repo_root())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -154,7 +169,7 @@ def run(model: str | os.PathLike, suite: str | os.PathLike = DEFAULT_SUITE, out:
         "commands": [" ".join(c[1:]) for c in cmds],
     }
     atomic_write_text(result_dir / RUN_INFO_FILE, json.dumps(info, indent=2))
-    run_env = _clean_env(allow_code_execution) if env is None else env
+    run_env = lm_eval_env(allow_code_execution) if env is None else env
     for cmd in cmds:
         before = set(result_dir.glob("results_*.json"))
         log.info("running: %s", " ".join(cmd[1:]))

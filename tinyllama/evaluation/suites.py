@@ -1,5 +1,11 @@
 """Suites (``evaluation/suites/<name>.yaml``: lm-eval task names, shots, the metric to report), the published
-reference scores (``evaluation/reference/tinyllama.yaml``), and checks of both against the installed lm-eval."""
+reference scores (``evaluation/reference/tinyllama.yaml``), and checks of both against the installed lm-eval.
+
+Both files are described by dataclasses (:class:`SuiteFile` and :class:`SuiteTask`; :class:`ReferenceFile`,
+:class:`ReferenceSuite` and :class:`ReferenceRow`) and read by the parser every configuration goes through
+(``tinyllama.config.check_mapping``: unknown keys with the closest known one, values converted to the fields'
+types); what the types cannot say (shots >= 0, a task listed once, a score's task declared) is checked after, into
+the same list, and every problem of a file comes in one ``ConfigError`` naming it."""
 
 from __future__ import annotations
 
@@ -11,9 +17,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from .. import environment
+from ..config import ConfigError, check_mapping, load_yaml
 from ..utils import atomic_write_bytes
 from .layout import REFERENCE_FILE, SUITES_DIR
 
@@ -46,6 +51,52 @@ class Suite:
         return next((t for t in self.tasks if t.task == task), None)
 
 
+@dataclasses.dataclass
+class SuiteFile:
+    """The keys of a suite YAML. Each entry of ``tasks`` is an lm-eval task name or a mapping of
+    :class:`SuiteTask`'s keys: ``task`` (required), ``label`` (default: the task), ``num_fewshot`` (default: the
+    suite's), ``metric`` (default: acc_norm, else acc) and ``unsafe_code``."""
+
+    tasks: list  # non-empty
+    description: str = ""
+    num_fewshot: int = 0  # the default of the tasks that give none
+    chat_template: bool = False  # see Suite.chat_template
+
+
+@dataclasses.dataclass
+class ReferenceFile:
+    """The keys of the reference file: ``suites``, a mapping of suite name -> :class:`ReferenceSuite`'s keys."""
+
+    suites: dict
+
+
+@dataclasses.dataclass
+class ReferenceSuite:
+    """One suite's published scores."""
+
+    source: str  # where they were published and how they were measured
+    metrics: dict[str, str]  # task -> the metric its scores are in (the suite's metric for the task)
+    rows: list  # one mapping of ReferenceRow's keys per published model
+
+
+@dataclasses.dataclass
+class ReferenceRow:
+    """One published model's scores (percentages)."""
+
+    model: str
+    scores: dict[str, float]  # task -> score; every task declared in the suite's metrics
+    tokens: float | str | None = None  # tokens seen in pretraining: 103B, 1.5T, 2.5M, 12K or a number
+    avg: float | None = None  # the published average
+    series: str | None = None  # checkpoints of one training run (the report draws them as a line over tokens)
+
+
+def _required(cls: type, mapping: dict, where: str, errors: list[str]) -> None:
+    """One message per field of ``cls`` without a default that ``mapping`` lacks (``check_mapping`` checks only
+    the keys that are there)."""
+    errors.extend(f"'{f.name}' is required {where}" for f in dataclasses.fields(cls) if f.name not in mapping
+                  and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+
+
 def available_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
@@ -65,46 +116,46 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown suite {str(name_or_path)!r}{hint}: choose one of {', '.join(names)}, "
                              f"or pass the path of a suite YAML")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    errors = []
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a suite must be a YAML mapping")
-    unknown = set(data) - {"description", "num_fewshot", "tasks", "chat_template"}
-    if unknown:
-        errors.append(f"unknown keys {sorted(unknown)} (allowed: description, num_fewshot, tasks, chat_template)")
-    if not isinstance(data.get("chat_template", False), bool):
-        errors.append(f"chat_template must be true or false, got {data['chat_template']!r}")
-    default_shots = data.get("num_fewshot", 0)
-    if not isinstance(default_shots, int) or default_shots < 0:
-        errors.append(f"num_fewshot must be an integer >= 0, got {default_shots!r}")
+    data = load_yaml(path, inherit=False)
+    errors: list[str] = []
+    top = check_mapping(SuiteFile, data, "(suite file)", errors)
+    _required(SuiteFile, data, "(suite file)", errors)
+    default_shots = top.get("num_fewshot", 0)
+    if default_shots < 0:
+        errors.append(f"'num_fewshot' (suite file): must be >= 0, got {default_shots}")
         default_shots = 0
+    if "tasks" in top and not top["tasks"]:
+        errors.append("'tasks' (suite file): must be a non-empty list of task names or {task: NAME, label:, "
+                      "num_fewshot:, metric:, unsafe_code:}")
     tasks = []
-    raw_tasks = data.get("tasks")
-    if not isinstance(raw_tasks, list) or not raw_tasks:
-        errors.append("tasks must be a non-empty list of {task: NAME, label:, num_fewshot:, metric:, unsafe_code:}")
-        raw_tasks = []
-    fields = {"task", "label", "num_fewshot", "metric", "unsafe_code"}
-    for i, item in enumerate(raw_tasks):
+    for i, item in enumerate(top.get("tasks") or []):
         if isinstance(item, str):
             item = {"task": item}
-        if not isinstance(item, dict) or not isinstance(item.get("task"), str):
-            errors.append(f"tasks[{i}]: needs a 'task' name, got {item!r}")
+        where = f"tasks[{i}]" + (f" ({item['task']})" if isinstance(item, dict) and item.get("task") else "")
+        if not isinstance(item, dict):
+            errors.append(f"{where}: expected a task name or a mapping of task, label, num_fewshot, metric, "
+                          f"unsafe_code; got {item!r}")
             continue
-        if set(item) - fields:
-            errors.append(f"tasks[{i}] ({item['task']}): unknown keys {sorted(set(item) - fields)}")
-        shots = item.get("num_fewshot", default_shots)
-        if not isinstance(shots, int) or shots < 0:
-            errors.append(f"tasks[{i}] ({item['task']}): num_fewshot must be an integer >= 0, got {shots!r}")
+        fields = check_mapping(SuiteTask, item, f"in {where}", errors)
+        if "task" not in item:
+            errors.append(f"'task' is required in {where} (an lm-eval task, group or tag name)")
+        elif fields.get("task") == "":
+            errors.append(f"'task' in {where}: expected an lm-eval task, group or tag name, got ''")
+        if not fields.get("task"):
+            continue
+        shots = fields.get("num_fewshot", default_shots)
+        if shots < 0:
+            errors.append(f"'num_fewshot' in {where}: must be >= 0, got {shots}")
             shots = 0
-        tasks.append(SuiteTask(task=item["task"], label=str(item.get("label", item["task"])), num_fewshot=shots,
-                               metric=item.get("metric"), unsafe_code=bool(item.get("unsafe_code", False))))
+        tasks.append(SuiteTask(task=fields["task"], label=fields.get("label", fields["task"]), num_fewshot=shots,
+                               metric=fields.get("metric"), unsafe_code=fields.get("unsafe_code", False)))
     dup = sorted({t.task for t in tasks if [x.task for x in tasks].count(t.task) > 1})
     if dup:
         errors.append(f"tasks listed twice: {dup}")
     if errors:
-        raise ValueError(f"invalid suite {path}:\n" + "\n".join(f"  - {e}" for e in errors))
-    return Suite(name=path.stem, description=str(data.get("description", "")), tasks=tasks, path=path,
-                 chat_template=data.get("chat_template", False) is True)
+        raise ConfigError(str(path), errors)
+    return Suite(name=path.stem, description=top.get("description", ""), tasks=tasks, path=path,
+                 chat_template=top.get("chat_template", False))
 
 
 def select_tasks(suite: Suite, tasks_override: Sequence[str] | str | None) -> list[SuiteTask]:
@@ -189,20 +240,49 @@ def parse_tokens(value) -> float | None:
 
 
 def load_reference(path: str | os.PathLike = REFERENCE_FILE) -> dict:
-    """TinyLlama's published scores per suite: ``{suite: {source, metrics: {task: metric}, rows: [...]}}``."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    suites = data.get("suites")
-    if not isinstance(suites, dict):
-        raise ValueError(f"{path}: expected a mapping 'suites: {{name: {{source, metrics, rows}}}}'")
-    for name, ref in suites.items():
-        for key in ("source", "metrics", "rows"):
-            if key not in ref:
-                raise ValueError(f"{path}: suite {name} has no {key!r}")
-        for row in ref["rows"]:
-            if not isinstance(row.get("model"), str) or not isinstance(row.get("scores"), dict):
-                raise ValueError(f"{path}: suite {name}: each row needs model and scores, got {row!r}")
-            unknown = set(row["scores"]) - set(ref["metrics"])
+    """TinyLlama's published scores per suite: ``{suite: {source, metrics: {task: metric}, rows: [...]}}`` (each row
+    the keys of :class:`ReferenceRow` it gives); every problem of the file reported at once."""
+    data = load_yaml(path, inherit=False)
+    errors: list[str] = []
+    top = check_mapping(ReferenceFile, data, "(reference file)", errors)
+    _required(ReferenceFile, data, "(reference file)", errors)
+    suites = {}
+    for name, raw in (top.get("suites") or {}).items():
+        where = f"in suites.{name}"
+        if not isinstance(raw, dict):
+            errors.append(f"suites.{name}: expected a mapping of source, metrics, rows; got {raw!r}")
+            continue
+        ref = check_mapping(ReferenceSuite, raw, where, errors)
+        _required(ReferenceSuite, raw, where, errors)
+        metrics = ref.get("metrics", {})
+        wrong = {t: m for t, m in metrics.items() if not isinstance(m, str)}
+        if wrong:
+            errors.append(f"'metrics' {where}: expected a metric name per task, got {wrong}")
+        rows = []
+        for i, raw_row in enumerate(ref.get("rows") or []):
+            label = f"suites.{name}.rows[{i}]" + (f" ({raw_row['model']})" if isinstance(raw_row, dict)
+                                                  and raw_row.get("model") else "")
+            row_where = f"in {label}"
+            if not isinstance(raw_row, dict):
+                errors.append(f"{label}: expected a mapping of "
+                              f"{', '.join(f.name for f in dataclasses.fields(ReferenceRow))}; got {raw_row!r}")
+                continue
+            row = check_mapping(ReferenceRow, raw_row, row_where, errors)
+            _required(ReferenceRow, raw_row, row_where, errors)
+            scores = row.get("scores", {})
+            wrong = {t: v for t, v in scores.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+            if wrong:
+                errors.append(f"'scores' {row_where}: expected a number per task, got {wrong}")
+            unknown = sorted(set(scores) - set(metrics))
             if unknown:
-                raise ValueError(f"{path}: suite {name}, {row['model']}: no metric declared for {sorted(unknown)}")
-            parse_tokens(row.get("tokens"))
+                errors.append(f"'scores' {row_where}: no metric declared for {unknown} in suites.{name}.metrics")
+            try:
+                parse_tokens(row.get("tokens"))
+            except ValueError:
+                errors.append(f"'tokens' {row_where}: expected 103B, 1.5T, 2.5M, 12K or a number, got "
+                              f"{row['tokens']!r}")
+            rows.append(row)
+        suites[name] = {**ref, "rows": rows}
+    if errors:
+        raise ConfigError(str(path), errors)
     return suites
