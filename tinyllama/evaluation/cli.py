@@ -41,6 +41,8 @@ def _cli_run(argv: list[str]) -> int:
         print(USAGE.format(suites=", ".join(available_suites()), default=DEFAULT_SUITE),
               file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    # Read by hand, not argparse: everything after MODEL [SUITE] goes to `lm_eval run` as it is (its own flags,
+    # which argparse would have to know); the settings come from the EVAL_* variables run_lm_eval.sh documents.
     model, rest = argv[0], argv[1:]
     suite = DEFAULT_SUITE
     if rest and not rest[0].startswith("-"):
