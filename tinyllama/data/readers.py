@@ -15,7 +15,6 @@ import glob
 import gzip
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator

@@ -12,11 +12,11 @@ nothing to the dedup index.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import environment
 from ..config import optional_step
 from .dedup import DedupIndex, DedupSettings, Deduplicator
 from .ngrams import ngram_hashes, normalize, word_hashes
