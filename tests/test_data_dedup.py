@@ -14,7 +14,7 @@ from tinyllama.config import ConfigError
 from tinyllama.data.dedup import DedupSettings, candidate_probability
 from tinyllama.data.ngrams import text_ngrams
 from tinyllama.data.prepare import prepare_data
-from tinyllama.data.report import CHART, REPORT
+from tinyllama.data.preparation_report import CHART, REPORT
 
 SET = "RedPajamaCommonCrawl"
 

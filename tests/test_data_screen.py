@@ -13,7 +13,7 @@ from test_decontaminate import FILLER, _reformat, _result, _row, report  # noqa:
 from test_eval_run import write_fixtures
 from tinyllama.data.decontaminate import load_test_items
 from tinyllama.data.prepare import prepare_data
-from tinyllama.data.report import REPORT
+from tinyllama.data.preparation_report import REPORT
 
 
 @pytest.fixture(scope="module")

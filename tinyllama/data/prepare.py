@@ -35,7 +35,7 @@ from ..tokenizer import Agreement, check_tokenizer, sentencepiece_file_of
 from ..utils import TMP_PREFIX, RunStopped
 from .dedup import INDEX_FILE, DedupSettings
 from .readers import Position, SourceReader, SourceSpec
-from .report import REPORT, write_report
+from .preparation_report import REPORT, write_report
 from .screen import DecontaminationSettings, ScreenSpec, SourceScreen, index_fingerprint
 from .shards import FORMAT, MAX_SHARD_TOKENS, SPLITS, ShardWriter, check_shards, read_manifest, shard_paths, \
     write_manifest
