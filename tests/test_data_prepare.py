@@ -346,9 +346,34 @@ def test_config_errors_are_reported_together(tmp_path, corpus, demo_paths):
             "b": {"path": "y.jsonl", "filters": [{"field": "f", "in": ["x"], "not_in": ["y"]}]},
             "bad/name": {"path": "z"}}))
     msg = str(e.value)
-    for part in ("sources.a: unknown key 'txt_field'", "sources.b.filters[0]: give exactly one of", "shard_tokens",
+    for part in ("unknown key 'txt_field' in sources.a", "sources.b.filters[0]: give exactly one of", "shard_tokens",
                  "only: no source named 'zzz'", "sources.bad/name"):
         assert part in msg
+
+
+def test_a_source_entry_is_checked_by_the_config_parser(tmp_path, corpus, demo_paths):
+    """A source's keys go through the parser every config uses (tinyllama.config.check_mapping): a misspelt key
+    and a mistyped value are both in the one error, the misspelt key with the closest known one; the checks that
+    types cannot express (a filter needs exactly one of in / not_in) join them; the filters' keys too."""
+    with pytest.raises(ConfigError) as e:
+        prepare_data(_config(tmp_path, corpus, demo_paths, sources={
+            "a": {"path": str(corpus["slimpajama"]), "txt_field": "text", "max_documents": "many",
+                  "filters": [{"field": "meta.redpajama_set_name", "notin": [GITHUB]}]}}))
+    errors = e.value.errors
+    assert "unknown key 'txt_field' in sources.a; did you mean 'text_field'?" in errors
+    assert "'max_documents' in sources.a: expected int, got 'many'" in errors
+    assert "unknown key 'notin' in sources.a.filters[0]; did you mean 'not_in'?" in errors
+    assert "sources.a.filters[0]: give exactly one of 'in' or 'not_in'" in errors
+    assert len(errors) == 4
+    # values the parser converts (a number-like string; 'in', a Python keyword, is the YAML key) are accepted,
+    # and the manifest records the source as before
+    out = prepare_data(_config(tmp_path, corpus, demo_paths, sources={"a": {
+        "path": str(corpus["slimpajama"]), "max_documents": "5",
+        "filters": [{"field": "meta.redpajama_set_name", "in": ["RedPajamaC4"]}]}}))
+    source = json.loads((out / "a" / "manifest.json").read_text())["settings"]["source"]
+    assert source == {"path": str(corpus["slimpajama"]), "format": "auto", "text_field": "text", "subset": None,
+                      "data_dir": None, "data_files": None, "split": "train", "revision": None, "max_documents": 5,
+                      "filters": [{"field": "meta.redpajama_set_name", "in": ["RedPajamaC4"]}]}
 
 
 def test_vocab_too_large_for_uint16(tmp_path, corpus, demo_paths):

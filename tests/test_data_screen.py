@@ -101,6 +101,28 @@ def test_planted_duplicates_and_benchmark_items_are_all_found_and_nothing_else(
     assert "(!" not in _row(md2, "step-000001")[2] and "(?)" not in md2
 
 
+def test_one_task_named_is_the_one_task_checked(tmp_path, eval_data, demo_paths):
+    """decontaminate: {suites: [arc_easy]}: a task name, as EVAL_TASKS takes it, decontaminates against that task
+    alone: its item is found, a hellaswag item in the same corpus is not looked for."""
+    from tinyllama.data.ngrams import words
+
+    items = load_test_items(["commonsense"], eval_data)
+    arc = next(i for i, text in enumerate(items["arc_easy"]) if len(words(text)) >= 13)
+    texts = [FILLER * 3, FILLER + items["arc_easy"][arc] + " " + FILLER, FILLER + items["hellaswag"][2], FILLER * 2]
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = {"tokenizer": str(demo_paths["tokenizer"]), "output_dir": str(tmp_path / "out"), "num_workers": 0,
+           "validation_documents": 0, "decontaminate": {"suites": ["arc_easy"], "eval_data_dir": str(eval_data)},
+           "sources": {"web": {"path": str(raw)}}}
+    (tmp_path / "c.yaml").write_text(json.dumps(cfg))
+    out = prepare_data(["--config", str(tmp_path / "c.yaml")])
+    manifest = json.loads((out / "web" / "manifest.json").read_text())
+    section = manifest["contamination"]
+    assert section["suites"] == ["arc_easy"] and list(section["tasks"]) == ["arc_easy"]
+    assert section["tasks"]["arc_easy"]["contaminated"] == [arc] and section["documents"] == 1
+    assert manifest["settings"]["decontaminate"] == {"suites": ["arc_easy"], "ngram": 13, "mode": "report"}
+
+
 def test_a_half_prepared_source_does_not_resume_against_other_test_items(tmp_path, corpus, eval_data, demo_paths,
                                                                           monkeypatch):
     import tinyllama.data.prepare as prep

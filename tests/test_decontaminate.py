@@ -76,10 +76,36 @@ def test_missing_local_data_is_one_error_naming_each_task_and_the_folder(fixture
     msg = str(e.value)
     assert "hellaswag" in msg and "piqa" in msg and str(partial / "hellaswag") in msg
     assert "arc_easy" not in msg
-    with pytest.raises(ValueError, match="unknown suite 'commonsens'"):
+    with pytest.raises(ValueError, match="unknown evaluation suite or task 'commonsens'"):
         load_test_items(["commonsens"], fixture_data)
     with pytest.raises(ValueError, match="offline data folder not found"):
         load_test_items(["commonsense"], tmp_path / "nowhere")
+
+
+def test_tasks_are_named_as_eval_tasks_names_them(fixture_data):
+    """One reading of evaluation names (evaluation.suites.resolve_tasks) for decontamination and EVAL_TASKS: a
+    suite's name means all its tasks, a task name that task alone (with the settings a suite of this repository gives
+    it, else any lm-eval task); unknown names get one message listing the suites and saying task names work too."""
+    from tinyllama.data.screen import DecontaminationSettings
+    from tinyllama.evaluation.suites import load_suite, resolve_tasks, select_tasks
+
+    assert list(load_test_items(["arc_easy"], fixture_data)) == ["arc_easy"]  # a task of a suite, alone
+    assert list(load_test_items(["arc_easy", "commonsense"], fixture_data)) == ["arc_easy"] + [
+        t for t in SUITE_ORDER if t != "arc_easy"]  # each task once, in the order named
+    commonsense, math_code = load_suite("commonsense"), load_suite("math_code")
+    assert resolve_tasks(["arc_easy"]) == select_tasks(math_code, "arc_easy") == [commonsense.get("arc_easy")]
+    assert [t.task for t in select_tasks(math_code, "commonsense")] == SUITE_ORDER  # EVAL_TASKS=<a suite>
+    assert select_tasks(commonsense, "piqa,hellaswag") == [commonsense.get("piqa"), commonsense.get("hellaswag")]
+    assert [(t.task, t.num_fewshot) for t in resolve_tasks("mmlu_anatomy")] == [("mmlu_anatomy", 0)]  # lm-eval's
+    errors = []
+    assert DecontaminationSettings.parse("decontaminate", {"suites": ["arc_easy"]}, errors).suites == ("arc_easy",)
+    assert DecontaminationSettings.parse("decontaminate", {"suites": ["arc_esy", "comonsense"]}, errors) is None
+    with pytest.raises(ValueError) as e:
+        select_tasks(commonsense, "arc_esy,comonsense")
+    assert errors == [f"'suites' in decontaminate: {e.value}"]  # the same message in both places, every name
+    message = str(e.value)
+    assert "'arc_esy' (did you mean 'arc_easy'?)" in message and "'comonsense' (did you mean 'commonsense'?)" in message
+    assert "chinese, commonsense, instruct, math_code" in message and "or an lm-eval task name" in message
 
 
 # ------------------------------------------------------------------------------------------------ the index

@@ -97,18 +97,13 @@ def _decontamination_query(task, doc) -> str | None:
     return None if query is None else str(_first(query))
 
 
-def _suite_tasks(suites: Sequence[str]):
-    """The suites' tasks, each lm-eval task name once (humaneval is in two suites), with shots set to 0: only the
+def _suite_tasks(names: Sequence[str]):
+    """The tasks named (``evaluation.suites.resolve_tasks``, as ``EVAL_TASKS`` reads them: a suite's name for all
+    its tasks, or a task name), each lm-eval task once (humaneval is in two suites), with shots set to 0: only the
     split that is scored is read, so no few-shot split file is needed."""
-    from ..evaluation.suites import load_suite
+    from ..evaluation.suites import resolve_tasks
 
-    out, seen = [], set()
-    for name in suites:
-        for t in load_suite(name).tasks:
-            if t.task not in seen:
-                seen.add(t.task)
-                out.append(dataclasses.replace(t, num_fewshot=0))
-    return out
+    return [dataclasses.replace(t, num_fewshot=0) for t in resolve_tasks(names)]
 
 
 def load_test_items(suites: list[str], eval_data_dir: str | os.PathLike | None) -> dict[str, list[str]]:
@@ -123,11 +118,11 @@ def load_test_items(suites: list[str], eval_data_dir: str | os.PathLike | None) 
     no local data or cannot be loaded is named in one ValueError, before any item is read.
     """
     if not suites:
-        raise ValueError("decontamination needs at least one evaluation suite (e.g. ['commonsense'])")
+        raise ValueError("decontamination needs at least one evaluation suite or task (e.g. ['commonsense'])")
     from ..evaluation.offline import leaf_tasks, write_offline_tasks
     from ..evaluation.suites import lm_eval_task_index
 
-    tasks = _suite_tasks(suites)  # ValueError for an unknown suite, listing the known ones
+    tasks = _suite_tasks(suites)  # ValueError for an unknown name, listing the suites
     index = lm_eval_task_index()
     names, errors = [], []
     for t in tasks:
