@@ -164,6 +164,36 @@ def test_one_shared_13_gram_is_enough_and_12_words_are_not(items, index):
     assert index.find(FILLER + " ".join(middle[:12]) + " Meanwhile, " + FILLER) == []  # (FILLER starts "The")
 
 
+def test_a_templated_stem_is_no_evidence_for_any_one_item():
+    """A test set whose items share a long stem (each of its 13-grams in all 20 items) and differ in their tails: an
+    item is found on an n-gram of its own only, so planting 15 items names exactly those 15 (not all 20), verbatim
+    or reformatted, and a document holding only the stem names none. An item all of whose n-grams other items of
+    its task have (here a duplicate) is found by a document holding all of them, not by the stem."""
+    import random
+
+    rng = random.Random(5)
+    vocabulary = ("amber basalt cedar delta ember fjord glacier harbor islet juniper kelp lagoon marsh nectar oasis "
+                  "prairie quartz reef savanna tundra upland valley willow yarrow zephyr").split()
+    stem = ("Question: Which of the following statements about the water cycle in a temperate forest ecosystem "
+            "is the most accurate according to the passage above? Answer:")
+    firsts = rng.sample(vocabulary, 20)  # every tail starts with another word: each item has n-grams of its own
+    texts = [f"{stem} {first} " + " ".join(rng.choices(vocabulary, k=7)) + "." for first in firsts]
+    texts.append(texts[3])  # a duplicate item: none of its n-grams is its own
+    index = TestIndex.build({"templated": texts}, n=13)
+    assert len(words(stem)) >= 20 and index.whole_keys.tolist() == [3, 20]
+    planted = sorted(random.Random(7).sample(range(20), 15))
+    for k, i in enumerate(planted):
+        doc = FILLER + (texts[i] if k % 2 else _reformat(texts[i], k)) + " " + FILLER
+        assert index.find(doc) == [(0, i)] + ([(0, 20)] if i == 3 else []), i  # the duplicate: found whole
+    doc = f" {FILLER}".join(texts[i] for i in planted)  # all 15 in one document
+    assert [i for _, i in index.find(doc)] == planted + ([20] if 3 in planted else [])
+    assert index.find(FILLER + stem + " " + FILLER) == []  # the stem alone: no item
+    assert index.find(stem + " " + texts[3].split()[-8]) == []  # the stem and a word of a tail: no item either
+    # only items of one task are weighed against each other: the stem is evidence for another task's single item
+    two = TestIndex.build({"templated": texts, "other": [texts[0]]}, n=13)
+    assert two.find(FILLER + stem + " " + FILLER) == [(1, 0)]
+
+
 def test_a_clean_corpus_is_reported_clean(items, index):
     from tinyllama.demo import prose_documents
 

@@ -12,8 +12,12 @@ Three parts, used by ``prepare.py``:
   ``manifest.json`` (``evaluation/report.py`` reads it back to mark the scores that rest on seen items).
 
 The rule is GPT-3's (Brown et al. 2020, appendix C) and lm-eval's (``lm_eval/decontamination``): an item is
-contaminated when any one of its 13-grams (after normalisation) occurs in a training document. An item with fewer
-than n words has no n-gram and cannot be checked: it is counted as ``too_short``, never as clean.
+contaminated when any one of its 13-grams (after normalisation) occurs in a training document, with one exception:
+an n-gram that several items of one task share (a templated stem: "Which of the following ... is the best ...") is
+no evidence for any one of them, so an item is found only on an n-gram of its own (one that no other item of its
+task has). An item all of whose n-grams other items of its task share (a duplicate, or an item inside another) is
+found only by a document that holds every one of its n-grams. An item with fewer than n words has no n-gram and
+cannot be checked: it is counted as ``too_short``, never as clean.
 
 No torch or transformers here, and lm-eval is imported only inside :func:`load_test_items`: worker processes import
 this module for :class:`TestIndex` alone.
@@ -171,7 +175,10 @@ class TestIndex:
     """The n-grams of every evaluation item, as arrays (compact, and cheap to pickle to worker processes).
 
     ``hashes`` holds each distinct n-gram hash once, sorted; the (task, item) pairs that contain ``hashes[k]`` are
-    ``task_idx[starts[k]:starts[k + 1]]`` / ``item_idx[...]`` (an n-gram can occur in several items). ``bitmap`` is a
+    ``task_idx[starts[k]:starts[k + 1]]`` / ``item_idx[...]`` (an n-gram can occur in several items); ``shared`` marks
+    the entries whose n-gram another item of the same task has too (not evidence for the item). ``whole_keys`` (task
+    << 32 | item, sorted) are the items that have only such n-grams, ``whole_ngrams`` how many each has: such an
+    item is found by a document holding all of them. ``bitmap`` is a
     one-hash Bloom filter of ``hashes`` (bit ``h >> shift`` set; at least 16 bits per n-gram, so about 6% of the
     n-grams of a clean document pass it): most of a document's n-grams are rejected by one gather, and only the rest
     are searched in ``hashes`` (3-4 times faster than searching them all). ``items[t]``
@@ -191,6 +198,9 @@ class TestIndex:
     item_idx: np.ndarray  # int32
     bitmap: np.ndarray  # uint8, packed bits
     shift: int
+    shared: np.ndarray  # bool per entry of task_idx / item_idx
+    whole_keys: np.ndarray  # int64, sorted: task << 32 | item of the items with no n-gram of their own
+    whole_ngrams: np.ndarray  # int64: their n-gram counts
 
     @classmethod
     def build(cls, items: dict[str, list[str]], n: int = DEFAULT_NGRAM) -> "TestIndex":
@@ -216,16 +226,25 @@ class TestIndex:
             h, ti, ii = h[order], np.concatenate(all_tasks)[order], np.concatenate(all_items)[order]
             first = np.flatnonzero(np.r_[True, h[1:] != h[:-1]])
             hashes, starts = h[first], np.r_[first, len(h)].astype(np.int64)
+            # the entries of one n-gram are in (task, item) order (a stable sort of items appended in that order):
+            # a run of equal (n-gram, task) longer than one is an n-gram several items of that task share
+            run = np.cumsum(np.r_[True, (h[1:] != h[:-1]) | (ti[1:] != ti[:-1])]) - 1
+            shared = np.bincount(run)[run] > 1
         else:
             hashes, starts = np.empty(0, np.uint64), np.zeros(1, np.int64)
             ti, ii = np.empty(0, np.int32), np.empty(0, np.int32)
+            shared = np.empty(0, bool)
+        keys = ti.astype(np.int64) << 32 | ii.astype(np.int64)
+        item_keys, ngram_counts = np.unique(keys, return_counts=True)
+        whole = ~np.isin(item_keys, keys[~shared])
         bits = max(20, int(np.ceil(np.log2(max(1, 16 * len(hashes))))))  # 2**bits >= 16 bits per n-gram
         shift = 64 - bits
         slots = (hashes >> np.uint64(shift)).astype(np.int64)
         bitmap = np.zeros(1 << (bits - 3), np.uint8)
         np.bitwise_or.at(bitmap, slots >> 3, np.left_shift(1, slots & 7).astype(np.uint8))
         return cls(n=n, tasks=list(items), items=np.asarray(counts, np.int64), too_short=np.asarray(short, np.int64),
-                   hashes=hashes, starts=starts, task_idx=ti, item_idx=ii, bitmap=bitmap, shift=shift)
+                   hashes=hashes, starts=starts, task_idx=ti, item_idx=ii, bitmap=bitmap, shift=shift, shared=shared,
+                   whole_keys=item_keys[whole], whole_ngrams=ngram_counts[whole].astype(np.int64))
 
     def find_ngrams(self, ngrams: np.ndarray) -> list[tuple[int, int]]:
         """Like :meth:`find`, for n-gram hashes already computed (``ngrams.text_ngrams(text, self.n)``)."""
@@ -242,13 +261,21 @@ class TestIndex:
             return []
         lo, hi = self.starts[hit], self.starts[hit + 1]
         rows = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist())])
-        pairs = np.unique(self.task_idx[rows].astype(np.int64) << 32 | self.item_idx[rows].astype(np.int64))
+        keys = self.task_idx[rows].astype(np.int64) << 32 | self.item_idx[rows].astype(np.int64)
+        shared = self.shared[rows]
+        pairs = np.unique(keys[~shared])  # found on an n-gram of its own
+        if len(self.whole_keys) and shared.any():  # an item with none: found when the document holds all its n-grams
+            candidates, held = np.unique(keys[shared], return_counts=True)  # (one entry per n-gram and item)
+            at = np.minimum(np.searchsorted(self.whole_keys, candidates), len(self.whole_keys) - 1)
+            whole = (self.whole_keys[at] == candidates) & (self.whole_ngrams[at] == held)
+            pairs = np.union1d(pairs, candidates[whole])
         return [(int(p >> 32), int(p & 0xFFFFFFFF)) for p in pairs]
 
     def find(self, text: str) -> list[tuple[int, int]]:
-        """The unique (task index, item index) pairs, sorted, of the items that share at least one n-gram with
-        ``text``: any shared n-gram makes an item contaminated (the GPT-3 / lm-eval rule). Items too short to
-        have an n-gram are never returned (see ``too_short``)."""
+        """The unique (task index, item index) pairs, sorted, of the items found in ``text``: an item is found when
+        the text holds one of its n-grams that no other item of its task has (the GPT-3 / lm-eval rule, less the
+        n-grams of a template several items share), or, for an item that has no such n-gram, all of its n-grams.
+        Items too short to have an n-gram are never returned (see ``too_short``)."""
         return self.find_ngrams(text_ngrams(text, self.n))
 
     @property
@@ -256,8 +283,10 @@ class TestIndex:
         return len(self.hashes)
 
     def describe(self) -> str:
+        whole = (f", {len(self.whole_keys)} with no {self.n}-gram of their own (found only whole)"
+                 if len(self.whole_keys) else "")
         return (f"{len(self.tasks)} tasks, {int(self.items.sum())} items ({int(self.too_short.sum())} shorter than "
-                f"{self.n} words: not checkable), {self.num_ngrams} distinct {self.n}-grams")
+                f"{self.n} words: not checkable{whole}), {self.num_ngrams} distinct {self.n}-grams")
 
 
 # ------------------------------------------------------------------------------------------------ the tally
