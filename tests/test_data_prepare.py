@@ -133,8 +133,42 @@ def test_prepare_round_trips_documents_drops_github_and_counts_bad_rows(tmp_path
     skipped = json.loads((out / "slimpajama" / "manifest.json").read_text())["stats"]["skipped"]
     assert skipped == {f"filtered: meta.redpajama_set_name == '{GITHUB}'": 4, "invalid UTF-8": 2,
                        "invalid JSON": 1, "missing field text": 1, "empty text": 1}
+    # each bad row named with its file and 1-based line (the five after the sixth row), not the filtered ones
+    bad = json.loads((out / "slimpajama" / "manifest.json").read_text())["stats"]["bad_rows"]
+    assert bad == [{"row": line, "file": str(corpus["slimpajama"]), "line": line, "reason": reason} for line, reason in
+                   zip(range(7, 12), ["invalid UTF-8", "invalid JSON", "missing field text", "empty text",
+                                      "invalid UTF-8"])]
     sc = json.loads((out / "starcoderdata" / "manifest.json").read_text())
-    assert sc["stats"]["skipped"] == {} and sc["stats"]["rows_read"] == 30
+    assert sc["stats"]["skipped"] == {} and sc["stats"]["rows_read"] == 30 and "bad_rows" not in sc["stats"]
+
+
+def test_a_bad_row_is_named_by_file_and_line(tmp_path, corpus, demo_paths, caplog):
+    """A bad JSON line in the second file of a folder: the warning, the manifest and the report name that file and
+    its 1-based line (with the row in the source); past the sample, bad rows are only counted."""
+    from tinyllama.data.preparation_report import REPORT
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    good = [json.dumps({"text": f"document {i} of the first file"}) for i in range(4)]
+    (folder / "a.jsonl").write_text("\n".join(good) + "\n")
+    lines = [json.dumps({"text": "fine"}), "", '{"text": "truncated', json.dumps({"text": "fine too"})]
+    lines += ["not json"] * (prep.BAD_ROW_SAMPLE + 2)
+    (folder / "b.jsonl").write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING", logger="tinyllama.data.prepare"):
+        out = prepare_data(_config(tmp_path, corpus, demo_paths, validation_documents=0,
+                                   sources={"s": {"path": str(folder)}}))
+    stats = json.loads((out / "s" / "manifest.json").read_text())["stats"]
+    assert stats["skipped"] == {"blank line": 1, "invalid JSON": prep.BAD_ROW_SAMPLE + 3}
+    assert stats["bad_rows"][:2] == [
+        {"row": 6, "file": str(folder / "b.jsonl"), "line": 2, "reason": "blank line"},
+        {"row": 7, "file": str(folder / "b.jsonl"), "line": 3, "reason": "invalid JSON"}]
+    assert len(stats["bad_rows"]) == prep.BAD_ROW_SAMPLE and stats["bad_rows"][-1]["line"] == prep.BAD_ROW_SAMPLE + 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"s: {folder / 'b.jsonl'} line 3 skipped: invalid JSON" in warnings
+    assert len(warnings) == prep.BAD_ROW_SAMPLE and "further ones are only counted" in warnings[-1]
+    report = (out / REPORT).read_text()
+    assert f"## s: bad rows (the first {prep.BAD_ROW_SAMPLE} of {prep.BAD_ROW_SAMPLE + 4})" in report
+    assert f"- {folder / 'b.jsonl'} line 3: invalid JSON" in report
 
 
 def test_split_text_keeps_every_character_and_cuts_at_lines():

@@ -227,6 +227,7 @@ def test_tally_to_dict_from_dict_round_trip(items, index):
     (t0, i0, _), (t3, i3, _) = checkable[0], checkable[3]
     assert d["tasks"][index.tasks[t0]]["contaminated"] == sorted({i0} | ({i3} if t3 == t0 else set()))
     assert d["tasks"]["piqa"] == {"items": 3, "too_short": 1, "contaminated": []}
+    assert d["documents_found"] == []  # (no document given with its place: none listed)
     assert sum(tally.counts().values()) == 2
     restored = ContaminationTally.from_dict(json.loads(json.dumps(d)), index=index)  # through the manifest's JSON
     assert restored.to_dict() == d

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NGRAM = 13  # GPT-3's and lm-eval's n
 MODES = ("report", "drop")
+DOCUMENTS_LISTED = 1000  # per source, the documents holding test items named in the manifest (all are counted)
 
 
 # ------------------------------------------------------------------------------------------------ test items
@@ -294,15 +295,21 @@ class ContaminationTally:
     """Hits summed over a source's training documents; ``to_dict()`` is the manifest's ``"contamination"``:
 
         {"ngram": 13, "mode": "report"|"drop", "suites": [...], "documents": <documents with any hit>,
-         "tasks": {task: {"items": N, "too_short": K, "contaminated": [sorted item indices]}}}
+         "tasks": {task: {"items": N, "too_short": K, "contaminated": [sorted item indices]}},
+         "documents_found": [{"row": R, "file": F, "line": L, "items": {task: [item indices]}}, ...]}
 
     In ``drop`` mode the documents counted were left out of the shards, so the items listed were found but not
-    trained on; in ``report`` mode they were trained on.
+    trained on; in ``report`` mode they were trained on. ``documents_found`` names the first
+    :data:`DOCUMENTS_LISTED` of those documents in input order (``documents`` counts them all), each where
+    ``SourceReader.locate`` puts it (``row``: 1-based in the source; ``file`` and ``line`` or ``file_row`` for local
+    files) with the items it holds. ``listed_from_row`` (only when set): the source was half prepared by a version
+    that did not list documents, so those before that row are counted but not listed.
     """
 
     def __init__(self, tasks: Sequence[str], items: Sequence[int], too_short: Sequence[int], ngram: int,
                  mode: str, suites: Sequence[str], documents: int = 0,
-                 contaminated: dict[str, Iterable[int]] | None = None):
+                 contaminated: dict[str, Iterable[int]] | None = None, documents_found: Sequence[dict] = (),
+                 listed_from_row: int | None = None):
         if mode not in MODES:
             raise ValueError(f"decontamination mode must be one of {MODES}, got {mode!r}")
         self.tasks, self.ngram, self.mode, self.suites = list(tasks), int(ngram), mode, list(suites)
@@ -311,45 +318,60 @@ class ContaminationTally:
         self.documents = int(documents)
         contaminated = contaminated or {}
         self._hits: list[set[int]] = [set(map(int, contaminated.get(t, ()))) for t in self.tasks]
+        self.documents_found = [dict(d) for d in documents_found]
+        self.listed_from_row = listed_from_row
 
     @classmethod
     def for_index(cls, index: TestIndex, mode: str, suites: Sequence[str]) -> "ContaminationTally":
         return cls(index.tasks, index.items.tolist(), index.too_short.tolist(), index.n, mode, suites)
 
-    def add(self, hits: Sequence[tuple[int, int]]) -> bool:
-        """One training document's hits (:meth:`TestIndex.find`); True when it has any."""
+    def add(self, hits: Sequence[tuple[int, int]], where: dict | None = None) -> bool:
+        """One training document's hits (:meth:`TestIndex.find`), and where it is (listed while fewer than
+        :data:`DOCUMENTS_LISTED` are); True when it has any."""
         if not hits:
             return False
         self.documents += 1
+        items: dict[str, list[int]] = {}
         for t, i in hits:
             self._hits[t].add(int(i))
+            items.setdefault(self.tasks[t], []).append(int(i))
+        if where is not None and len(self.documents_found) < DOCUMENTS_LISTED:
+            self.documents_found.append({**where, "items": items})
         return True
 
     def merge(self, other: "ContaminationTally") -> None:
-        """Add another tally of the same index (another worker's)."""
+        """Add another tally of the same index (another worker's, or a later part of the source)."""
         if other.tasks != self.tasks or other.ngram != self.ngram:
             raise ValueError("cannot merge contamination tallies of different test sets")
         self.documents += other.documents
         for mine, theirs in zip(self._hits, other._hits):
             mine |= theirs
+        found = sorted(self.documents_found + other.documents_found, key=lambda d: d.get("row", 0))
+        self.documents_found = found[:DOCUMENTS_LISTED]
 
     def counts(self) -> dict[str, int]:
         """``{task: number of contaminated items}``."""
         return {t: len(h) for t, h in zip(self.tasks, self._hits)}
 
     def to_dict(self) -> dict:
-        return {"ngram": self.ngram, "mode": self.mode, "suites": list(self.suites), "documents": self.documents,
-                "tasks": {t: {"items": n, "too_short": k, "contaminated": sorted(h)}
-                          for t, n, k, h in zip(self.tasks, self.items, self.too_short, self._hits)}}
+        out = {"ngram": self.ngram, "mode": self.mode, "suites": list(self.suites), "documents": self.documents,
+               "tasks": {t: {"items": n, "too_short": k, "contaminated": sorted(h)}
+                         for t, n, k, h in zip(self.tasks, self.items, self.too_short, self._hits)},
+               "documents_found": [dict(d) for d in self.documents_found]}
+        if self.listed_from_row is not None:
+            out["listed_from_row"] = self.listed_from_row
+        return out
 
     @classmethod
     def from_dict(cls, data: dict, index: TestIndex | None = None) -> "ContaminationTally":
         """A tally restored from a manifest (a resumed run). With ``index``, the test set it was counted against
-        must be the one of ``index`` (same n, tasks and item counts), else the counts would mix two test sets."""
+        must be the one of ``index`` (same n, tasks and item counts), else the counts would mix two test sets.
+        A manifest written before documents were listed restores with none listed."""
         tasks = data["tasks"]
         tally = cls(list(tasks), [v["items"] for v in tasks.values()], [v["too_short"] for v in tasks.values()],
                     data["ngram"], data["mode"], data["suites"], data["documents"],
-                    {t: v["contaminated"] for t, v in tasks.items()})
+                    {t: v["contaminated"] for t, v in tasks.items()}, data.get("documents_found", ()),
+                    data.get("listed_from_row"))
         if index is not None:
             mine = (index.n, list(index.tasks), index.items.tolist(), index.too_short.tolist())
             theirs = (tally.ngram, tally.tasks, tally.items, tally.too_short)

@@ -215,6 +215,15 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
+def describe_location(where: dict) -> str:
+    """``SourceReader.locate``'s location in words: ``train.jsonl line 7``, ``x.parquet row 3``, ``row 12``."""
+    if "file" not in where:
+        return f"row {where['row']}"
+    if "line" in where:
+        return f"{where['file']} line {where['line']}"
+    return f"{where['file']} row {where['file_row']}" if "file_row" in where else where["file"]
+
+
 # ---- rows ------------------------------------------------------------------------------------------------------
 @dataclass
 class Position:
@@ -287,6 +296,7 @@ class SourceReader:
         self.spec = spec
         self.parser = RowParser(spec)
         self._peeking = False
+        self._lines: dict[int, bool] = {}  # file index -> a .json file holds JSON lines (not an array)
         self.hub = is_hub(spec)
         if self.hub:
             if not is_hub_id(spec.path) and spec.path not in ("json", "parquet", "text", "csv"):
@@ -302,6 +312,27 @@ class SourceReader:
 
     def describe(self) -> str:
         return f"{self.spec.path} (Hub)" if self.hub else f"{self.spec.path} ({len(self.files)} file(s))"
+
+    def locate(self, row: int, pos: Position) -> dict:
+        """Where a record is, for a person to find it: ``row``, its 1-based row number in the source (every row
+        read counts, files in order), and for local files the ``file`` with the 1-based ``line`` in it (jsonl, and
+        JSON lines in a .json file) or ``file_row`` (parquet, a JSON array; a txt file is one row). ``pos`` is the
+        position after the record (as ``records`` yields it)."""
+        if self.hub:
+            return {"row": row}
+        path, fmt = self.files[pos.file]
+        out = {"row": row, "file": str(path)}
+        if fmt == "txt":
+            return out
+        if fmt == "json" and self._json_lines(pos.file) or fmt == "jsonl":
+            return {**out, "line": pos.row}
+        return {**out, "file_row": pos.row}
+
+    def _json_lines(self, i: int) -> bool:
+        if i not in self._lines:
+            with _open_binary(self.files[i][0]) as f:
+                self._lines[i] = not f.read(1024).lstrip().startswith(b"[")
+        return self._lines[i]
 
     # -- checks before any work --
     def check(self) -> None:
@@ -360,9 +391,7 @@ class SourceReader:
                 yield line, Position(at.file, row, offset)
 
     def _json(self, path: Path, at: Position):
-        with _open_binary(path) as f:
-            head = f.read(1024).lstrip()
-        if not head.startswith(b"["):
+        if self._json_lines(at.file):
             yield from self._jsonl(path, at)  # JSON lines in a .json file, as datasets accepts too
             return
         try:

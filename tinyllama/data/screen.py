@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from .. import environment
 from .dedup import DedupIndex, DedupSettings, Deduplicator, step_settings
@@ -114,9 +114,14 @@ class SourceScreen:
             self.tally = (ContaminationTally.from_dict(saved, spec.index) if saved else
                           ContaminationTally.for_index(spec.index, spec.decontaminate.mode,
                                                        list(spec.decontaminate.suites)))
+            if saved and "documents_found" not in saved:  # half prepared by a version that did not list them
+                self.tally.listed_from_row = rows + 1
 
-    def decide(self, screened: tuple[list | None, list | None], rows: list[int]) -> list[str | None]:
-        """Per document of a batch (in order): None to keep it, or the reason it is dropped."""
+    def decide(self, screened: tuple[list | None, list | None], rows: list[int],
+               locate: Callable[[int], dict] | None = None) -> list[str | None]:
+        """Per document of a batch (in order): None to keep it, or the reason it is dropped. ``rows``: the documents'
+        0-based row numbers in the source; ``locate(k)``: where document ``k`` of the batch is (``SourceReader.locate``),
+        recorded for the documents that hold test items."""
         keys, hits = screened
         n = len(rows)
         drop_contaminated = self.spec.decontaminate is not None and self.spec.decontaminate.mode == "drop"
@@ -126,7 +131,7 @@ class SourceScreen:
         if self.tally is not None:
             for i in range(n):
                 if hits[i] and verdicts[i] in (None, "contaminated"):
-                    self.tally.add(hits[i])
+                    self.tally.add(hits[i], locate(i) if locate is not None else {"row": rows[i] + 1})
         return verdicts
 
     def commit(self, manifest: dict, rows: int) -> None:
