@@ -367,6 +367,17 @@ def test_tokenizer_json_off_its_sentencepiece_model_stops_preparation_before_any
     assert check_tokenizer(str(demo_paths["tokenizer"]), texts).exact
 
 
+def test_a_missing_tokenizer_folder_names_the_conversion_that_makes_it(tmp_path, corpus, demo_paths, monkeypatch):
+    """configs/data/own-corpus.yaml names tokenizers/tinyllama, a folder made by scripts/convert_tokenizer.py: the
+    file says so, and so does the error when the folder is not there."""
+    config = (REPO / "configs" / "data" / "own-corpus.yaml").read_text()
+    assert "tokenizer: tokenizers/tinyllama" in config
+    assert "python scripts/convert_tokenizer.py TinyLlama/TinyLlama_v1.1 --out tokenizers/tinyllama" in config
+    monkeypatch.chdir(tmp_path)  # (no tokenizers/ folder here)
+    _expect(tmp_path, _config(tmp_path, corpus, demo_paths, tokenizer="tokenizers/tinyllama"), ValueError,
+            re.escape("`python scripts/convert_tokenizer.py TinyLlama/TinyLlama_v1.1 --out tokenizers/tinyllama`"))
+
+
 def test_all_rows_filtered_is_an_error_naming_the_counts(tmp_path, corpus, demo_paths):
     spec = {"path": str(corpus["slimpajama"]), "filters": [{"field": "meta.redpajama_set_name", "in": ["nope"]}]}
     with pytest.raises(ValueError, match=r"source 'a': no documents in .*filtered: meta.redpajama_set_name not in"):
