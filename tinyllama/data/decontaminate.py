@@ -1,9 +1,10 @@
-"""Benchmark decontamination: which evaluation items of this repository's suites occur in a training document.
+"""Benchmark decontamination: which evaluation items occur in a training document.
 
 Three parts, used by ``prepare.py``:
 
-- :func:`load_test_items`: the text of every item lm-eval scores, for each task of the named suites
-  (``evaluation/suites/*.yaml``), read through lm-eval's own task definitions, from the Hugging Face cache or
+- :func:`load_test_items`: the text of every item lm-eval scores, for each task named (a suite of
+  ``evaluation/suites/*.yaml`` for all its tasks, or a task name: ``evaluation.suites.resolve_tasks``, the reading
+  ``EVAL_TASKS`` gets), read through lm-eval's own task definitions, from the Hugging Face cache or
   from local files in the ``EVAL_DATA_DIR`` layout that ``evaluation/run_lm_eval.sh`` reads;
 - :class:`TestIndex`: the items' word n-grams (``ngrams.py``: normalised, uint64 hashes) as sorted numpy arrays,
   built once, pickled once to each worker process; :meth:`TestIndex.find` gives the (task, item) pairs that a
@@ -112,8 +113,8 @@ def _suite_tasks(names: Sequence[str]):
 
 
 def load_test_items(suites: list[str], eval_data_dir: str | os.PathLike | None) -> dict[str, list[str]]:
-    """``{lm-eval task: [item text, ...]}`` for every (leaf) task of the suites, in suite order, groups (mmlu)
-    expanded. Items are ``task.eval_docs`` (the test split when the task has one, else validation: the split
+    """``{lm-eval task: [item text, ...]}`` for every (leaf) task named in ``suites`` (suites and task names, read by
+    ``evaluation.suites.resolve_tasks``), in the order named, groups (mmlu) expanded. Items are ``task.eval_docs`` (the test split when the task has one, else validation: the split
     lm-eval scores), in lm-eval's order, so item ``i`` is ``doc_id`` ``i`` of lm-eval's samples files; the text
     of each is :func:`item_text`.
 
@@ -143,7 +144,7 @@ def load_test_items(suites: list[str], eval_data_dir: str | os.PathLike | None) 
             try:
                 include = write_offline_tasks(tasks, eval_data_dir, Path(tmp) / "offline_tasks")
             except FileNotFoundError as e:
-                raise ValueError(f"decontamination against suites {', '.join(suites)}: {e}") from None
+                raise ValueError(f"decontamination against {', '.join(suites)}: {e}") from None
         from lm_eval.tasks import TaskManager
 
         # Offline, the generated YAMLs are all it needs (each includes lm-eval's own file by its absolute path):

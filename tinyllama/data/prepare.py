@@ -88,9 +88,9 @@ class PrepareConfig:
         "help": "drop exact and near duplicates within each source: true (defaults) or {exact, near, threshold, "
                 "ngram, num_perm, seed} (docs/data.md); a source's own dedup: key overrides it. Off by default"})
     decontaminate: Any = field(default=None, metadata={
-        "help": "find the evaluation suites' test items in the documents (13-gram overlap): true (defaults) or "
-                "{suites, ngram, mode: report|drop, eval_data_dir} (docs/data.md); a source's own key overrides it. "
-                "Off by default"})
+        "help": "find evaluation test items in the documents (13-gram overlap): true (defaults) or "
+                "{suites (suite or task names, as EVAL_TASKS), ngram, mode: report|drop, eval_data_dir} (docs/data.md); "
+                "a source's own key overrides it. Off by default"})
 
     def validate(self) -> list[str]:
         errors: list[str] = []
