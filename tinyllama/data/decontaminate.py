@@ -114,9 +114,9 @@ def _suite_tasks(names: Sequence[str]):
 
 def load_test_items(suites: list[str], eval_data_dir: str | os.PathLike | None) -> dict[str, list[str]]:
     """``{lm-eval task: [item text, ...]}`` for every (leaf) task named in ``suites`` (suites and task names, read by
-    ``evaluation.suites.resolve_tasks``), in the order named, groups (mmlu) expanded. Items are ``task.eval_docs`` (the test split when the task has one, else validation: the split
-    lm-eval scores), in lm-eval's order, so item ``i`` is ``doc_id`` ``i`` of lm-eval's samples files; the text
-    of each is :func:`item_text`.
+    ``evaluation.suites.resolve_tasks``), in the order named, groups (mmlu) expanded. Items are ``task.eval_docs``
+    (the test split when the task has one, else validation: the split lm-eval scores), in lm-eval's order, so item
+    ``i`` is ``doc_id`` ``i`` of lm-eval's samples files; the text of each is :func:`item_text`.
 
     ``eval_data_dir``: a folder in the layout of ``EVAL_DATA_DIR`` (``<dir>/<task>/<split>.jsonl|parquet|...``,
     see docs/evaluation.md), read through the same generated task YAMLs as ``evaluation/run_lm_eval.sh``;

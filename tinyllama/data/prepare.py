@@ -89,8 +89,8 @@ class PrepareConfig:
                 "ngram, num_perm, seed} (docs/data.md); a source's own dedup: key overrides it. Off by default"})
     decontaminate: Any = field(default=None, metadata={
         "help": "find evaluation test items in the documents (13-gram overlap): true (defaults) or "
-                "{suites (suite or task names, as EVAL_TASKS), ngram, mode: report|drop, eval_data_dir} (docs/data.md); "
-                "a source's own key overrides it. Off by default"})
+                "{suites (suite or task names, as EVAL_TASKS), ngram, mode: report|drop, eval_data_dir} "
+                "(docs/data.md); a source's own key overrides it. Off by default"})
 
     def validate(self) -> list[str]:
         errors: list[str] = []

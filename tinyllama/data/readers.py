@@ -84,7 +84,7 @@ class SourceEntry:
     path: str  # Hub dataset id, or a local file, folder or glob
     format: Format = "auto"
     text_field: str = "text"
-    filters: list = field(default_factory=list)  # mappings, each a Filter (``SourceSpec``: the Filters)
+    filters: Optional[list] = field(default_factory=list)  # mappings, each a Filter (``SourceSpec``: the Filters)
     subset: Optional[str] = None  # Hub: the dataset's config name
     data_dir: Optional[str] = None  # Hub: a sub-folder (e.g. Starcoderdata's per-language "python")
     data_files: Any = None  # Hub: file patterns, passed to datasets.load_dataset
@@ -119,7 +119,8 @@ class SourceSpec(SourceEntry):
         md = values.get("max_documents")
         if md is not None and md < 1:
             errors.append(f"'max_documents' in {where}: expected a positive integer, got {md!r}")
-        filters = [Filter.from_dict(f, f"{where}.filters[{k}]", errors) for k, f in enumerate(values.get("filters", []))]
+        filters = [Filter.from_dict(f, f"{where}.filters[{k}]", errors)
+                   for k, f in enumerate(values.get("filters") or [])]  # (``filters:`` left empty: none)
         if len(errors) > n_errors:
             return None
         return cls(name=name, **{**values, "filters": filters})

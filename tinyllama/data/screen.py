@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -20,7 +21,6 @@ from typing import Any, Callable, Literal, Optional
 from .. import environment
 from .dedup import DedupIndex, DedupSettings, Deduplicator, step_settings
 from .ngrams import ngram_hashes, normalize, word_hashes
-
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,15 @@ class DecontaminationSettings:
         """``true`` (defaults), ``false``/absent (None: off), or a mapping of the fields; every problem appended to
         ``errors``. Keys and types are checked by the config parser, the names and the range here."""
         n = len(errors)
-        if isinstance(value, dict) and isinstance(value.get("suites"), str):
-            value = {**value, "suites": [value["suites"]]}  # one name
+        if isinstance(value, dict) and isinstance(value.get("suites"), str):  # one name, or "a,b" as in EVAL_TASKS
+            value = {**value, "suites": [n for n in re.split(r"[,\s]+", value["suites"]) if n]}
         values = step_settings(cls, value, where, errors)
         if values is None:
             return None
         s = dataclasses.replace(cls(), **values)
         if not s.suites or not all(s.suites):
-            errors.append(f"'suites' in {where}: expected a list of evaluation suites or tasks, got {value['suites']!r}")
+            errors.append(f"'suites' in {where}: expected a list of evaluation suites or tasks, "
+                          f"got {value['suites']!r}")
         else:
             from ..evaluation.suites import resolve_tasks
 
@@ -120,8 +121,8 @@ class SourceScreen:
     def decide(self, screened: tuple[list | None, list | None], rows: list[int],
                locate: Callable[[int], dict] | None = None) -> list[str | None]:
         """Per document of a batch (in order): None to keep it, or the reason it is dropped. ``rows``: the documents'
-        0-based row numbers in the source; ``locate(k)``: where document ``k`` of the batch is (``SourceReader.locate``),
-        recorded for the documents that hold test items."""
+        0-based row numbers in the source; ``locate(k)``: where document ``k`` of the batch is
+        (``SourceReader.locate``), recorded for the documents that hold test items."""
         keys, hits = screened
         n = len(rows)
         drop_contaminated = self.spec.decontaminate is not None and self.spec.decontaminate.mode == "drop"
