@@ -14,7 +14,7 @@ from tinyllama.config import ConfigError
 from tinyllama.data.dedup import DedupSettings, candidate_probability
 from tinyllama.data.ngrams import text_ngrams
 from tinyllama.data.prepare import prepare_data
-from tinyllama.data.report import CHART, REPORT
+from tinyllama.data.preparation_report import CHART, REPORT
 
 SET = "RedPajamaCommonCrawl"
 
@@ -166,11 +166,11 @@ def test_kill_and_rerun_gives_the_same_kept_set(tmp_path, planted, demo_paths, m
     else:
         real_screen = prep.SourceScreen.decide
 
-        def decide(self, screened, rows):
+        def decide(self, *args):
             calls["n"] += 1
             if calls["n"] == 7:
                 raise Killed()
-            return real_screen(self, screened, rows)
+            return real_screen(self, *args)
 
         monkeypatch.setattr(prep.SourceScreen, "decide", decide)
     with pytest.raises(Killed):
@@ -185,13 +185,20 @@ def test_kill_and_rerun_gives_the_same_kept_set(tmp_path, planted, demo_paths, m
 
 
 def test_dedup_settings_are_checked_and_recorded(tmp_path, planted, demo_paths):
-    with pytest.raises(ConfigError) as e:
-        prepare_data(_config(tmp_path, planted, demo_paths, dedup={"threshold": 1.5, "bands": 4, "ngram": 0}))
-    msg = str(e.value)
-    assert "dedup.threshold" in msg and "unknown key 'bands'" in msg and "dedup.ngram" in msg
+    with pytest.raises(ConfigError) as e:  # keys and types by the config parser, ranges beside them: all at once
+        prepare_data(_config(tmp_path, planted, demo_paths, dedup={"threshold": 1.5, "thresold": 0.7, "ngram": 0,
+                                                                   "near": "maybe"}))
+    assert sorted(e.value.errors) == sorted([
+        "'threshold' in dedup: expected a number between 0 and 1 (exclusive), got 1.5",
+        "unknown key 'thresold' in dedup; did you mean 'threshold'?",
+        "'ngram' in dedup: expected an integer >= 1, got 0", "'near' in dedup: expected true or false, got 'maybe'"])
     with pytest.raises(ConfigError) as e:  # the decontamination keys too, in the same message
-        prepare_data(_config(tmp_path, planted, demo_paths, decontaminate={"suites": ["comonsense"], "mode": "cut"}))
-    assert "no suite 'comonsense'" in str(e.value) and "decontaminate.mode" in str(e.value)
+        prepare_data(_config(tmp_path, planted, demo_paths, decontaminate={"suites": ["comonsense"], "mode": "cut",
+                                                                           "n_gram": 8}))
+    msg = str(e.value)
+    assert "unknown evaluation suite or task 'comonsense' (did you mean 'commonsense'?)" in msg
+    assert "'mode' in decontaminate: expected one of 'report', 'drop', got 'cut'" in msg
+    assert "unknown key 'n_gram' in decontaminate; did you mean 'ngram'?" in msg
     with pytest.raises(ConfigError, match="sources.web.dedup"):
         prepare_data(_config(tmp_path, planted, demo_paths, sources={"web": {"path": str(planted["path"]),
                                                                              "dedup": "often"}}))

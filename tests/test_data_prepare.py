@@ -133,8 +133,42 @@ def test_prepare_round_trips_documents_drops_github_and_counts_bad_rows(tmp_path
     skipped = json.loads((out / "slimpajama" / "manifest.json").read_text())["stats"]["skipped"]
     assert skipped == {f"filtered: meta.redpajama_set_name == '{GITHUB}'": 4, "invalid UTF-8": 2,
                        "invalid JSON": 1, "missing field text": 1, "empty text": 1}
+    # each bad row named with its file and 1-based line (the five after the sixth row), not the filtered ones
+    bad = json.loads((out / "slimpajama" / "manifest.json").read_text())["stats"]["bad_rows"]
+    assert bad == [{"row": line, "file": str(corpus["slimpajama"]), "line": line, "reason": reason} for line, reason in
+                   zip(range(7, 12), ["invalid UTF-8", "invalid JSON", "missing field text", "empty text",
+                                      "invalid UTF-8"])]
     sc = json.loads((out / "starcoderdata" / "manifest.json").read_text())
-    assert sc["stats"]["skipped"] == {} and sc["stats"]["rows_read"] == 30
+    assert sc["stats"]["skipped"] == {} and sc["stats"]["rows_read"] == 30 and "bad_rows" not in sc["stats"]
+
+
+def test_a_bad_row_is_named_by_file_and_line(tmp_path, corpus, demo_paths, caplog):
+    """A bad JSON line in the second file of a folder: the warning, the manifest and the report name that file and
+    its 1-based line (with the row in the source); past the sample, bad rows are only counted."""
+    from tinyllama.data.preparation_report import REPORT
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    good = [json.dumps({"text": f"document {i} of the first file"}) for i in range(4)]
+    (folder / "a.jsonl").write_text("\n".join(good) + "\n")
+    lines = [json.dumps({"text": "fine"}), "", '{"text": "truncated', json.dumps({"text": "fine too"})]
+    lines += ["not json"] * (prep.BAD_ROW_SAMPLE + 2)
+    (folder / "b.jsonl").write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING", logger="tinyllama.data.prepare"):
+        out = prepare_data(_config(tmp_path, corpus, demo_paths, validation_documents=0,
+                                   sources={"s": {"path": str(folder)}}))
+    stats = json.loads((out / "s" / "manifest.json").read_text())["stats"]
+    assert stats["skipped"] == {"blank line": 1, "invalid JSON": prep.BAD_ROW_SAMPLE + 3}
+    assert stats["bad_rows"][:2] == [
+        {"row": 6, "file": str(folder / "b.jsonl"), "line": 2, "reason": "blank line"},
+        {"row": 7, "file": str(folder / "b.jsonl"), "line": 3, "reason": "invalid JSON"}]
+    assert len(stats["bad_rows"]) == prep.BAD_ROW_SAMPLE and stats["bad_rows"][-1]["line"] == prep.BAD_ROW_SAMPLE + 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"s: {folder / 'b.jsonl'} line 3 skipped: invalid JSON" in warnings
+    assert len(warnings) == prep.BAD_ROW_SAMPLE and "further ones are only counted" in warnings[-1]
+    report = (out / REPORT).read_text()
+    assert f"## s: bad rows (the first {prep.BAD_ROW_SAMPLE} of {prep.BAD_ROW_SAMPLE + 4})" in report
+    assert f"- {folder / 'b.jsonl'} line 3: invalid JSON" in report
 
 
 def test_split_text_keeps_every_character_and_cuts_at_lines():
@@ -333,6 +367,17 @@ def test_tokenizer_json_off_its_sentencepiece_model_stops_preparation_before_any
     assert check_tokenizer(str(demo_paths["tokenizer"]), texts).exact
 
 
+def test_a_missing_tokenizer_folder_names_the_conversion_that_makes_it(tmp_path, corpus, demo_paths, monkeypatch):
+    """configs/data/own-corpus.yaml names tokenizers/tinyllama, a folder made by scripts/convert_tokenizer.py: the
+    file says so, and so does the error when the folder is not there."""
+    config = (REPO / "configs" / "data" / "own-corpus.yaml").read_text()
+    assert "tokenizer: tokenizers/tinyllama" in config
+    assert "python scripts/convert_tokenizer.py TinyLlama/TinyLlama_v1.1 --out tokenizers/tinyllama" in config
+    monkeypatch.chdir(tmp_path)  # (no tokenizers/ folder here)
+    _expect(tmp_path, _config(tmp_path, corpus, demo_paths, tokenizer="tokenizers/tinyllama"), ValueError,
+            re.escape("`python scripts/convert_tokenizer.py TinyLlama/TinyLlama_v1.1 --out tokenizers/tinyllama`"))
+
+
 def test_all_rows_filtered_is_an_error_naming_the_counts(tmp_path, corpus, demo_paths):
     spec = {"path": str(corpus["slimpajama"]), "filters": [{"field": "meta.redpajama_set_name", "in": ["nope"]}]}
     with pytest.raises(ValueError, match=r"source 'a': no documents in .*filtered: meta.redpajama_set_name not in"):
@@ -346,9 +391,34 @@ def test_config_errors_are_reported_together(tmp_path, corpus, demo_paths):
             "b": {"path": "y.jsonl", "filters": [{"field": "f", "in": ["x"], "not_in": ["y"]}]},
             "bad/name": {"path": "z"}}))
     msg = str(e.value)
-    for part in ("sources.a: unknown key 'txt_field'", "sources.b.filters[0]: give exactly one of", "shard_tokens",
+    for part in ("unknown key 'txt_field' in sources.a", "sources.b.filters[0]: give exactly one of", "shard_tokens",
                  "only: no source named 'zzz'", "sources.bad/name"):
         assert part in msg
+
+
+def test_a_source_entry_is_checked_by_the_config_parser(tmp_path, corpus, demo_paths):
+    """A source's keys go through the parser every config uses (tinyllama.config.check_mapping): a misspelt key
+    and a mistyped value are both in the one error, the misspelt key with the closest known one; the checks that
+    types cannot express (a filter needs exactly one of in / not_in) join them; the filters' keys too."""
+    with pytest.raises(ConfigError) as e:
+        prepare_data(_config(tmp_path, corpus, demo_paths, sources={
+            "a": {"path": str(corpus["slimpajama"]), "txt_field": "text", "max_documents": "many",
+                  "filters": [{"field": "meta.redpajama_set_name", "notin": [GITHUB]}]}}))
+    errors = e.value.errors
+    assert "unknown key 'txt_field' in sources.a; did you mean 'text_field'?" in errors
+    assert "'max_documents' in sources.a: expected int, got 'many'" in errors
+    assert "unknown key 'notin' in sources.a.filters[0]; did you mean 'not_in'?" in errors
+    assert "sources.a.filters[0]: give exactly one of 'in' or 'not_in'" in errors
+    assert len(errors) == 4
+    # values the parser converts (a number-like string; 'in', a Python keyword, is the YAML key) are accepted,
+    # and the manifest records the source as before
+    out = prepare_data(_config(tmp_path, corpus, demo_paths, sources={"a": {
+        "path": str(corpus["slimpajama"]), "max_documents": "5",
+        "filters": [{"field": "meta.redpajama_set_name", "in": ["RedPajamaC4"]}]}}))
+    source = json.loads((out / "a" / "manifest.json").read_text())["settings"]["source"]
+    assert source == {"path": str(corpus["slimpajama"]), "format": "auto", "text_field": "text", "subset": None,
+                      "data_dir": None, "data_files": None, "split": "train", "revision": None, "max_documents": 5,
+                      "filters": [{"field": "meta.redpajama_set_name", "in": ["RedPajamaC4"]}]}
 
 
 def test_vocab_too_large_for_uint16(tmp_path, corpus, demo_paths):

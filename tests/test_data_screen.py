@@ -13,7 +13,7 @@ from test_decontaminate import FILLER, _reformat, _result, _row, report  # noqa:
 from test_eval_run import write_fixtures
 from tinyllama.data.decontaminate import load_test_items
 from tinyllama.data.prepare import prepare_data
-from tinyllama.data.report import REPORT
+from tinyllama.data.preparation_report import REPORT
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,15 @@ def test_planted_duplicates_and_benchmark_items_are_all_found_and_nothing_else(
     assert section["documents"] == 3 and section["mode"] == "report" and section["ngram"] == 13
     text = (out / REPORT).read_text()
     assert "| hellaswag | 3 | 1 | 0 |" in text and "| piqa | 3 | 0 | 1 |" in text  # piqa's short item: unchecked
+    # which documents (kept in report mode): where each is in the source, and the items it holds
+    lines = [json.loads(line)["text"] for line in corpus["path"].read_text().splitlines()]
+    planted = [(lines.index(doc) + 1, {task: [i]}) for doc, (task, i) in zip(corpus["contaminated"],
+                                                                               corpus["planted_items"].items())]
+    assert section["documents_found"] == [{"row": r, "file": str(corpus["path"]), "line": r, "items": items}
+                                          for r, items in planted]
+    for r, items in planted:
+        (task, (i,)), = items.items()
+        assert f"| {corpus['path']} line {r} | {task} {i} |" in text
     # two worker processes (the test items pickled to each once): the same shards and the same manifest
     out2 = _prepare(tmp_path / "w2", corpus, eval_data, demo_paths, "report", workers=2)
     assert _shards(out2 / "web") == _shards(folder)
@@ -83,6 +92,8 @@ def test_planted_duplicates_and_benchmark_items_are_all_found_and_nothing_else(
     assert m_drop["stats"]["skipped"] == {"contaminated": 4, "duplicate": 1, "near duplicate": 1}
     assert {t: v["contaminated"] for t, v in m_drop["contamination"]["tasks"].items() if v["contaminated"]} == \
         {t: [i] for t, i in corpus["planted_items"].items()}
+    copy = len(lines)  # the upper-case copy of the first: dropped as contaminated before it is a duplicate
+    assert [d["row"] for d in m_drop["contamination"]["documents_found"]] == [r for r, _ in planted] + [copy]
 
     # the evaluation report of a model trained on the report-mode data marks exactly the planted tasks
     model = tmp_path / "run" / "export" / "step-000001"
@@ -99,6 +110,28 @@ def test_planted_duplicates_and_benchmark_items_are_all_found_and_nothing_else(
                                                                "data_dir": str(out_drop), "mixture": {"web": 1.0}}))
     md2, _ = report.build_report([_result(tmp_path / "r2", model2, tasks)], None)
     assert "(!" not in _row(md2, "step-000001")[2] and "(?)" not in md2
+
+
+def test_one_task_named_is_the_one_task_checked(tmp_path, eval_data, demo_paths):
+    """decontaminate: {suites: [arc_easy]}: a task name, as EVAL_TASKS takes it, decontaminates against that task
+    alone: its item is found, a hellaswag item in the same corpus is not looked for."""
+    from tinyllama.data.ngrams import words
+
+    items = load_test_items(["commonsense"], eval_data)
+    arc = next(i for i, text in enumerate(items["arc_easy"]) if len(words(text)) >= 13)
+    texts = [FILLER * 3, FILLER + items["arc_easy"][arc] + " " + FILLER, FILLER + items["hellaswag"][2], FILLER * 2]
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = {"tokenizer": str(demo_paths["tokenizer"]), "output_dir": str(tmp_path / "out"), "num_workers": 0,
+           "validation_documents": 0, "decontaminate": {"suites": ["arc_easy"], "eval_data_dir": str(eval_data)},
+           "sources": {"web": {"path": str(raw)}}}
+    (tmp_path / "c.yaml").write_text(json.dumps(cfg))
+    out = prepare_data(["--config", str(tmp_path / "c.yaml")])
+    manifest = json.loads((out / "web" / "manifest.json").read_text())
+    section = manifest["contamination"]
+    assert section["suites"] == ["arc_easy"] and list(section["tasks"]) == ["arc_easy"]
+    assert section["tasks"]["arc_easy"]["contaminated"] == [arc] and section["documents"] == 1
+    assert manifest["settings"]["decontaminate"] == {"suites": ["arc_easy"], "ngram": 13, "mode": "report"}
 
 
 def test_a_half_prepared_source_does_not_resume_against_other_test_items(tmp_path, corpus, eval_data, demo_paths,
@@ -131,6 +164,54 @@ def test_a_half_prepared_source_does_not_resume_against_other_test_items(tmp_pat
     with pytest.raises(ValueError, match="partly prepared against other benchmark test items"):
         prepare_data(["--config", str(tmp_path / "report.yaml")])
     np.testing.assert_equal(len(list((tmp_path / "report" / "web").glob("train/shard-*.bin"))) > 0, True)
+
+
+def test_documents_found_survive_a_resume_and_are_capped(tmp_path):
+    """The documents listed are restored on resume; a source half prepared before they were listed resumes (its
+    manifest is not stale) and says from which row the list starts; the manifest lists the first
+    DOCUMENTS_LISTED, the report the first REPORT_DOCUMENTS and how many more."""
+    from tinyllama.data import decontaminate
+    from tinyllama.data.decontaminate import ContaminationTally, TestIndex
+    from tinyllama.data.preparation_report import REPORT_DOCUMENTS, render
+    from tinyllama.data.screen import DecontaminationSettings, Screener, ScreenSpec, SourceScreen
+
+    item = "the quick brown fox jumps over the lazy dog while the cat watches from the warm windowsill"
+    index = TestIndex.build({"toy": [item]}, 13)
+    spec = ScreenSpec(None, None, DecontaminationSettings(suites=("commonsense",)), index)
+    texts = [FILLER + item, FILLER, FILLER + item.upper()]
+
+    def run(manifest, first_row):
+        screen = SourceScreen(spec, tmp_path, manifest)
+        rows = list(range(first_row, first_row + len(texts)))
+        screen.decide(Screener(spec).screen(texts), rows, lambda k: {"row": rows[k] + 1, "file": "a.jsonl",
+                                                                      "line": rows[k] + 1})
+        manifest["stats"]["rows_read"] = rows[-1] + 1
+        screen.commit(manifest, rows[-1] + 1)
+        return json.loads(json.dumps(manifest))  # through the manifest's JSON
+
+    m = run({"stats": {"rows_read": 0}}, 0)
+    found = [{"row": 1, "file": "a.jsonl", "line": 1, "items": {"toy": [0]}},
+             {"row": 3, "file": "a.jsonl", "line": 3, "items": {"toy": [0]}}]
+    assert m["contamination"]["documents_found"] == found and "listed_from_row" not in m["contamination"]
+    m = run(m, 3)  # resumed: the list goes on
+    assert [d["row"] for d in m["contamination"]["documents_found"]] == [1, 3, 4, 6]
+    old = {**m, "contamination": {k: v for k, v in m["contamination"].items() if k != "documents_found"}}
+    resumed = run(old, 6)["contamination"]  # written before documents were listed
+    assert resumed["documents"] == 6 and resumed["listed_from_row"] == 7
+    assert [d["row"] for d in resumed["documents_found"]] == [7, 9]
+    assert ContaminationTally.from_dict(resumed, index).to_dict() == resumed
+
+    tally = ContaminationTally.for_index(index, "report", ["commonsense"])
+    for row in range(1, decontaminate.DOCUMENTS_LISTED + 51):
+        tally.add([(0, 0)], {"row": row})
+    section = tally.to_dict()
+    assert section["documents"] == decontaminate.DOCUMENTS_LISTED + 50
+    assert len(section["documents_found"]) == decontaminate.DOCUMENTS_LISTED
+    md = render({"web": {"stats": {"rows_read": 2000, "documents": {"train": 1}, "tokens": {"train": 1},
+                                   "skipped": {}}, "complete": True, "contamination": section}})
+    assert md.count("| row ") == REPORT_DOCUMENTS and "| row 1 | toy 0 |" in md
+    assert (f"... and {section['documents'] - REPORT_DOCUMENTS:,} more (the manifest's "
+            f"contamination.documents_found lists the first {decontaminate.DOCUMENTS_LISTED:,}") in md
 
 
 @pytest.mark.parametrize("mode", ["report", "drop"])

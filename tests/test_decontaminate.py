@@ -75,10 +75,36 @@ def test_missing_local_data_is_one_error_naming_each_task_and_the_folder(fixture
     msg = str(e.value)
     assert "hellaswag" in msg and "piqa" in msg and str(partial / "hellaswag") in msg
     assert "arc_easy" not in msg
-    with pytest.raises(ValueError, match="unknown suite 'commonsens'"):
+    with pytest.raises(ValueError, match="unknown evaluation suite or task 'commonsens'"):
         load_test_items(["commonsens"], fixture_data)
     with pytest.raises(ValueError, match="offline data folder not found"):
         load_test_items(["commonsense"], tmp_path / "nowhere")
+
+
+def test_tasks_are_named_as_eval_tasks_names_them(fixture_data):
+    """One reading of evaluation names (evaluation.suites.resolve_tasks) for decontamination and EVAL_TASKS: a
+    suite's name means all its tasks, a task name that task alone (with the settings a suite of this repository gives
+    it, else any lm-eval task); unknown names get one message listing the suites and saying task names work too."""
+    from tinyllama.data.screen import DecontaminationSettings
+    from tinyllama.evaluation.suites import load_suite, resolve_tasks, select_tasks
+
+    assert list(load_test_items(["arc_easy"], fixture_data)) == ["arc_easy"]  # a task of a suite, alone
+    assert list(load_test_items(["arc_easy", "commonsense"], fixture_data)) == ["arc_easy"] + [
+        t for t in SUITE_ORDER if t != "arc_easy"]  # each task once, in the order named
+    commonsense, math_code = load_suite("commonsense"), load_suite("math_code")
+    assert resolve_tasks(["arc_easy"]) == select_tasks(math_code, "arc_easy") == [commonsense.get("arc_easy")]
+    assert [t.task for t in select_tasks(math_code, "commonsense")] == SUITE_ORDER  # EVAL_TASKS=<a suite>
+    assert select_tasks(commonsense, "piqa,hellaswag") == [commonsense.get("piqa"), commonsense.get("hellaswag")]
+    assert [(t.task, t.num_fewshot) for t in resolve_tasks("mmlu_anatomy")] == [("mmlu_anatomy", 0)]  # lm-eval's
+    errors = []
+    assert DecontaminationSettings.parse("decontaminate", {"suites": ["arc_easy"]}, errors).suites == ("arc_easy",)
+    assert DecontaminationSettings.parse("decontaminate", {"suites": ["arc_esy", "comonsense"]}, errors) is None
+    with pytest.raises(ValueError) as e:
+        select_tasks(commonsense, "arc_esy,comonsense")
+    assert errors == [f"'suites' in decontaminate: {e.value}"]  # the same message in both places, every name
+    message = str(e.value)
+    assert "'arc_esy' (did you mean 'arc_easy'?)" in message and "'comonsense' (did you mean 'commonsense'?)" in message
+    assert "chinese, commonsense, instruct, math_code" in message and "or an lm-eval task name" in message
 
 
 # ------------------------------------------------------------------------------------------------ the index
@@ -137,6 +163,36 @@ def test_one_shared_13_gram_is_enough_and_12_words_are_not(items, index):
     assert index.find(FILLER + " ".join(middle[:12]) + " Meanwhile, " + FILLER) == []  # (FILLER starts "The")
 
 
+def test_a_templated_stem_is_no_evidence_for_any_one_item():
+    """A test set whose items share a long stem (each of its 13-grams in all 20 items) and differ in their tails: an
+    item is found on an n-gram of its own only, so planting 15 items names exactly those 15 (not all 20), verbatim
+    or reformatted, and a document holding only the stem names none. An item all of whose n-grams other items of
+    its task have (here a duplicate) is found by a document holding all of them, not by the stem."""
+    import random
+
+    rng = random.Random(5)
+    vocabulary = ("amber basalt cedar delta ember fjord glacier harbor islet juniper kelp lagoon marsh nectar oasis "
+                  "prairie quartz reef savanna tundra upland valley willow yarrow zephyr").split()
+    stem = ("Question: Which of the following statements about the water cycle in a temperate forest ecosystem "
+            "is the most accurate according to the passage above? Answer:")
+    firsts = rng.sample(vocabulary, 20)  # every tail starts with another word: each item has n-grams of its own
+    texts = [f"{stem} {first} " + " ".join(rng.choices(vocabulary, k=7)) + "." for first in firsts]
+    texts.append(texts[3])  # a duplicate item: none of its n-grams is its own
+    index = TestIndex.build({"templated": texts}, n=13)
+    assert len(words(stem)) >= 20 and index.whole_keys.tolist() == [3, 20]
+    planted = sorted(random.Random(7).sample(range(20), 15))
+    for k, i in enumerate(planted):
+        doc = FILLER + (texts[i] if k % 2 else _reformat(texts[i], k)) + " " + FILLER
+        assert index.find(doc) == [(0, i)] + ([(0, 20)] if i == 3 else []), i  # the duplicate: found whole
+    doc = f" {FILLER}".join(texts[i] for i in planted)  # all 15 in one document
+    assert [i for _, i in index.find(doc)] == planted + ([20] if 3 in planted else [])
+    assert index.find(FILLER + stem + " " + FILLER) == []  # the stem alone: no item
+    assert index.find(stem + " " + texts[3].split()[-8]) == []  # the stem and a word of a tail: no item either
+    # only items of one task are weighed against each other: the stem is evidence for another task's single item
+    two = TestIndex.build({"templated": texts, "other": [texts[0]]}, n=13)
+    assert two.find(FILLER + stem + " " + FILLER) == [(1, 0)]
+
+
 def test_a_clean_corpus_is_reported_clean(items, index):
     from tinyllama.demo_corpus import prose_documents
 
@@ -170,6 +226,7 @@ def test_tally_to_dict_from_dict_round_trip(items, index):
     (t0, i0, _), (t3, i3, _) = checkable[0], checkable[3]
     assert d["tasks"][index.tasks[t0]]["contaminated"] == sorted({i0} | ({i3} if t3 == t0 else set()))
     assert d["tasks"]["piqa"] == {"items": 3, "too_short": 1, "contaminated": []}
+    assert d["documents_found"] == []  # (no document given with its place: none listed)
     assert sum(tally.counts().values()) == 2
     restored = ContaminationTally.from_dict(json.loads(json.dumps(d)), index=index)  # through the manifest's JSON
     assert restored.to_dict() == d

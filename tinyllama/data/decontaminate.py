@@ -1,9 +1,10 @@
-"""Benchmark decontamination: which evaluation items of this repository's suites occur in a training document.
+"""Benchmark decontamination: which evaluation items occur in a training document.
 
 Three parts, used by ``prepare.py``:
 
-- :func:`load_test_items`: the text of every item lm-eval scores, for each task of the named suites
-  (``evaluation/suites/*.yaml``), read through lm-eval's own task definitions, from the Hugging Face cache or
+- :func:`load_test_items`: the text of every item lm-eval scores, for each task named (a suite of
+  ``evaluation/suites/*.yaml`` for all its tasks, or a task name: ``evaluation.suites.resolve_tasks``, the reading
+  ``EVAL_TASKS`` gets), read through lm-eval's own task definitions, from the Hugging Face cache or
   from local files in the ``EVAL_DATA_DIR`` layout that ``evaluation/run_lm_eval.sh`` reads;
 - :class:`TestIndex`: the items' word n-grams (``ngrams.py``: normalised, uint64 hashes) as sorted numpy arrays,
   built once, pickled once to each worker process; :meth:`TestIndex.find` gives the (task, item) pairs that a
@@ -12,8 +13,12 @@ Three parts, used by ``prepare.py``:
   ``manifest.json`` (``evaluation/report.py`` reads it back to mark the scores that rest on seen items).
 
 The rule is GPT-3's (Brown et al. 2020, appendix C) and lm-eval's (``lm_eval/decontamination``): an item is
-contaminated when any one of its 13-grams (after normalisation) occurs in a training document. An item with fewer
-than n words has no n-gram and cannot be checked: it is counted as ``too_short``, never as clean.
+contaminated when any one of its 13-grams (after normalisation) occurs in a training document, with one exception:
+an n-gram that several items of one task share (a templated stem: "Which of the following ... is the best ...") is
+no evidence for any one of them, so an item is found only on an n-gram of its own (one that no other item of its
+task has). An item all of whose n-grams other items of its task share (a duplicate, or an item inside another) is
+found only by a document that holds every one of its n-grams. An item with fewer than n words has no n-gram and
+cannot be checked: it is counted as ``too_short``, never as clean.
 
 No torch or transformers here, and lm-eval is imported only inside :func:`load_test_items`: worker processes import
 this module for :class:`TestIndex` alone.
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NGRAM = 13  # GPT-3's and lm-eval's n
 MODES = ("report", "drop")
+DOCUMENTS_LISTED = 1000  # per source, the documents holding test items named in the manifest (all are counted)
 
 
 # ------------------------------------------------------------------------------------------------ test items
@@ -97,25 +103,20 @@ def _decontamination_query(task, doc) -> str | None:
     return None if query is None else str(_first(query))
 
 
-def _suite_tasks(suites: Sequence[str]):
-    """The suites' tasks, each lm-eval task name once (humaneval is in two suites), with shots set to 0: only the
+def _suite_tasks(names: Sequence[str]):
+    """The tasks named (``evaluation.suites.resolve_tasks``, as ``EVAL_TASKS`` reads them: a suite's name for all
+    its tasks, or a task name), each lm-eval task once (humaneval is in two suites), with shots set to 0: only the
     split that is scored is read, so no few-shot split file is needed."""
-    from ..evaluation.suites import load_suite
+    from ..evaluation.suites import resolve_tasks
 
-    out, seen = [], set()
-    for name in suites:
-        for t in load_suite(name).tasks:
-            if t.task not in seen:
-                seen.add(t.task)
-                out.append(dataclasses.replace(t, num_fewshot=0))
-    return out
+    return [dataclasses.replace(t, num_fewshot=0) for t in resolve_tasks(names)]
 
 
 def load_test_items(suites: list[str], eval_data_dir: str | os.PathLike | None) -> dict[str, list[str]]:
-    """``{lm-eval task: [item text, ...]}`` for every (leaf) task of the suites, in suite order, groups (mmlu)
-    expanded. Items are ``task.eval_docs`` (the test split when the task has one, else validation: the split
-    lm-eval scores), in lm-eval's order, so item ``i`` is ``doc_id`` ``i`` of lm-eval's samples files; the text
-    of each is :func:`item_text`.
+    """``{lm-eval task: [item text, ...]}`` for every (leaf) task named in ``suites`` (suites and task names, read by
+    ``evaluation.suites.resolve_tasks``), in the order named, groups (mmlu) expanded. Items are ``task.eval_docs``
+    (the test split when the task has one, else validation: the split lm-eval scores), in lm-eval's order, so item
+    ``i`` is ``doc_id`` ``i`` of lm-eval's samples files; the text of each is :func:`item_text`.
 
     ``eval_data_dir``: a folder in the layout of ``EVAL_DATA_DIR`` (``<dir>/<task>/<split>.jsonl|parquet|...``,
     see docs/evaluation.md), read through the same generated task YAMLs as ``evaluation/run_lm_eval.sh``;
@@ -123,11 +124,11 @@ def load_test_items(suites: list[str], eval_data_dir: str | os.PathLike | None) 
     no local data or cannot be loaded is named in one ValueError, before any item is read.
     """
     if not suites:
-        raise ValueError("decontamination needs at least one evaluation suite (e.g. ['commonsense'])")
+        raise ValueError("decontamination needs at least one evaluation suite or task (e.g. ['commonsense'])")
     from ..evaluation.offline import leaf_tasks, write_offline_tasks
     from ..evaluation.suites import lm_eval_task_index
 
-    tasks = _suite_tasks(suites)  # ValueError for an unknown suite, listing the known ones
+    tasks = _suite_tasks(suites)  # ValueError for an unknown name, listing the suites
     index = lm_eval_task_index()
     names, errors = [], []
     for t in tasks:
@@ -143,7 +144,7 @@ def load_test_items(suites: list[str], eval_data_dir: str | os.PathLike | None) 
             try:
                 include = write_offline_tasks(tasks, eval_data_dir, Path(tmp) / "offline_tasks")
             except FileNotFoundError as e:
-                raise ValueError(f"decontamination against suites {', '.join(suites)}: {e}") from None
+                raise ValueError(f"decontamination against {', '.join(suites)}: {e}") from None
         from lm_eval.tasks import TaskManager
 
         # Offline, the generated YAMLs are all it needs (each includes lm-eval's own file by its absolute path):
@@ -176,7 +177,10 @@ class TestIndex:
     """The n-grams of every evaluation item, as arrays (compact, and cheap to pickle to worker processes).
 
     ``hashes`` holds each distinct n-gram hash once, sorted; the (task, item) pairs that contain ``hashes[k]`` are
-    ``task_idx[starts[k]:starts[k + 1]]`` / ``item_idx[...]`` (an n-gram can occur in several items). ``bitmap`` is a
+    ``task_idx[starts[k]:starts[k + 1]]`` / ``item_idx[...]`` (an n-gram can occur in several items); ``shared`` marks
+    the entries whose n-gram another item of the same task has too (not evidence for the item). ``whole_keys`` (task
+    << 32 | item, sorted) are the items that have only such n-grams, ``whole_ngrams`` how many each has: such an
+    item is found by a document holding all of them. ``bitmap`` is a
     one-hash Bloom filter of ``hashes`` (bit ``h >> shift`` set; at least 16 bits per n-gram, so about 6% of the
     n-grams of a clean document pass it): most of a document's n-grams are rejected by one gather, and only the rest
     are searched in ``hashes`` (3-4 times faster than searching them all). ``items[t]``
@@ -196,6 +200,9 @@ class TestIndex:
     item_idx: np.ndarray  # int32
     bitmap: np.ndarray  # uint8, packed bits
     shift: int
+    shared: np.ndarray  # bool per entry of task_idx / item_idx
+    whole_keys: np.ndarray  # int64, sorted: task << 32 | item of the items with no n-gram of their own
+    whole_ngrams: np.ndarray  # int64: their n-gram counts
 
     @classmethod
     def build(cls, items: dict[str, list[str]], n: int = DEFAULT_NGRAM) -> "TestIndex":
@@ -221,16 +228,25 @@ class TestIndex:
             h, ti, ii = h[order], np.concatenate(all_tasks)[order], np.concatenate(all_items)[order]
             first = np.flatnonzero(np.r_[True, h[1:] != h[:-1]])
             hashes, starts = h[first], np.r_[first, len(h)].astype(np.int64)
+            # the entries of one n-gram are in (task, item) order (a stable sort of items appended in that order):
+            # a run of equal (n-gram, task) longer than one is an n-gram several items of that task share
+            run = np.cumsum(np.r_[True, (h[1:] != h[:-1]) | (ti[1:] != ti[:-1])]) - 1
+            shared = np.bincount(run)[run] > 1
         else:
             hashes, starts = np.empty(0, np.uint64), np.zeros(1, np.int64)
             ti, ii = np.empty(0, np.int32), np.empty(0, np.int32)
+            shared = np.empty(0, bool)
+        keys = ti.astype(np.int64) << 32 | ii.astype(np.int64)
+        item_keys, ngram_counts = np.unique(keys, return_counts=True)
+        whole = ~np.isin(item_keys, keys[~shared])
         bits = max(20, int(np.ceil(np.log2(max(1, 16 * len(hashes))))))  # 2**bits >= 16 bits per n-gram
         shift = 64 - bits
         slots = (hashes >> np.uint64(shift)).astype(np.int64)
         bitmap = np.zeros(1 << (bits - 3), np.uint8)
         np.bitwise_or.at(bitmap, slots >> 3, np.left_shift(1, slots & 7).astype(np.uint8))
         return cls(n=n, tasks=list(items), items=np.asarray(counts, np.int64), too_short=np.asarray(short, np.int64),
-                   hashes=hashes, starts=starts, task_idx=ti, item_idx=ii, bitmap=bitmap, shift=shift)
+                   hashes=hashes, starts=starts, task_idx=ti, item_idx=ii, bitmap=bitmap, shift=shift, shared=shared,
+                   whole_keys=item_keys[whole], whole_ngrams=ngram_counts[whole].astype(np.int64))
 
     def find_ngrams(self, ngrams: np.ndarray) -> list[tuple[int, int]]:
         """Like :meth:`find`, for n-gram hashes already computed (``ngrams.text_ngrams(text, self.n)``)."""
@@ -247,13 +263,21 @@ class TestIndex:
             return []
         lo, hi = self.starts[hit], self.starts[hit + 1]
         rows = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist())])
-        pairs = np.unique(self.task_idx[rows].astype(np.int64) << 32 | self.item_idx[rows].astype(np.int64))
+        keys = self.task_idx[rows].astype(np.int64) << 32 | self.item_idx[rows].astype(np.int64)
+        shared = self.shared[rows]
+        pairs = np.unique(keys[~shared])  # found on an n-gram of its own
+        if len(self.whole_keys) and shared.any():  # an item with none: found when the document holds all its n-grams
+            candidates, held = np.unique(keys[shared], return_counts=True)  # (one entry per n-gram and item)
+            at = np.minimum(np.searchsorted(self.whole_keys, candidates), len(self.whole_keys) - 1)
+            whole = (self.whole_keys[at] == candidates) & (self.whole_ngrams[at] == held)
+            pairs = np.union1d(pairs, candidates[whole])
         return [(int(p >> 32), int(p & 0xFFFFFFFF)) for p in pairs]
 
     def find(self, text: str) -> list[tuple[int, int]]:
-        """The unique (task index, item index) pairs, sorted, of the items that share at least one n-gram with
-        ``text``: any shared n-gram makes an item contaminated (the GPT-3 / lm-eval rule). Items too short to
-        have an n-gram are never returned (see ``too_short``)."""
+        """The unique (task index, item index) pairs, sorted, of the items found in ``text``: an item is found when
+        the text holds one of its n-grams that no other item of its task has (the GPT-3 / lm-eval rule, less the
+        n-grams of a template several items share), or, for an item that has no such n-gram, all of its n-grams.
+        Items too short to have an n-gram are never returned (see ``too_short``)."""
         return self.find_ngrams(text_ngrams(text, self.n))
 
     @property
@@ -261,8 +285,10 @@ class TestIndex:
         return len(self.hashes)
 
     def describe(self) -> str:
+        whole = (f", {len(self.whole_keys)} with no {self.n}-gram of their own (found only whole)"
+                 if len(self.whole_keys) else "")
         return (f"{len(self.tasks)} tasks, {int(self.items.sum())} items ({int(self.too_short.sum())} shorter than "
-                f"{self.n} words: not checkable), {self.num_ngrams} distinct {self.n}-grams")
+                f"{self.n} words: not checkable{whole}), {self.num_ngrams} distinct {self.n}-grams")
 
 
 # ------------------------------------------------------------------------------------------------ the tally
@@ -270,15 +296,21 @@ class ContaminationTally:
     """Hits summed over a source's training documents; ``to_dict()`` is the manifest's ``"contamination"``:
 
         {"ngram": 13, "mode": "report"|"drop", "suites": [...], "documents": <documents with any hit>,
-         "tasks": {task: {"items": N, "too_short": K, "contaminated": [sorted item indices]}}}
+         "tasks": {task: {"items": N, "too_short": K, "contaminated": [sorted item indices]}},
+         "documents_found": [{"row": R, "file": F, "line": L, "items": {task: [item indices]}}, ...]}
 
     In ``drop`` mode the documents counted were left out of the shards, so the items listed were found but not
-    trained on; in ``report`` mode they were trained on.
+    trained on; in ``report`` mode they were trained on. ``documents_found`` names the first
+    :data:`DOCUMENTS_LISTED` of those documents in input order (``documents`` counts them all), each where
+    ``SourceReader.locate`` puts it (``row``: 1-based in the source; ``file`` and ``line`` or ``file_row`` for local
+    files) with the items it holds. ``listed_from_row`` (only when set): the source was half prepared by a version
+    that did not list documents, so those before that row are counted but not listed.
     """
 
     def __init__(self, tasks: Sequence[str], items: Sequence[int], too_short: Sequence[int], ngram: int,
                  mode: str, suites: Sequence[str], documents: int = 0,
-                 contaminated: dict[str, Iterable[int]] | None = None):
+                 contaminated: dict[str, Iterable[int]] | None = None, documents_found: Sequence[dict] = (),
+                 listed_from_row: int | None = None):
         if mode not in MODES:
             raise ValueError(f"decontamination mode must be one of {MODES}, got {mode!r}")
         self.tasks, self.ngram, self.mode, self.suites = list(tasks), int(ngram), mode, list(suites)
@@ -287,45 +319,60 @@ class ContaminationTally:
         self.documents = int(documents)
         contaminated = contaminated or {}
         self._hits: list[set[int]] = [set(map(int, contaminated.get(t, ()))) for t in self.tasks]
+        self.documents_found = [dict(d) for d in documents_found]
+        self.listed_from_row = listed_from_row
 
     @classmethod
     def for_index(cls, index: TestIndex, mode: str, suites: Sequence[str]) -> "ContaminationTally":
         return cls(index.tasks, index.items.tolist(), index.too_short.tolist(), index.n, mode, suites)
 
-    def add(self, hits: Sequence[tuple[int, int]]) -> bool:
-        """One training document's hits (:meth:`TestIndex.find`); True when it has any."""
+    def add(self, hits: Sequence[tuple[int, int]], where: dict | None = None) -> bool:
+        """One training document's hits (:meth:`TestIndex.find`), and where it is (listed while fewer than
+        :data:`DOCUMENTS_LISTED` are); True when it has any."""
         if not hits:
             return False
         self.documents += 1
+        items: dict[str, list[int]] = {}
         for t, i in hits:
             self._hits[t].add(int(i))
+            items.setdefault(self.tasks[t], []).append(int(i))
+        if where is not None and len(self.documents_found) < DOCUMENTS_LISTED:
+            self.documents_found.append({**where, "items": items})
         return True
 
     def merge(self, other: "ContaminationTally") -> None:
-        """Add another tally of the same index (another worker's)."""
+        """Add another tally of the same index (another worker's, or a later part of the source)."""
         if other.tasks != self.tasks or other.ngram != self.ngram:
             raise ValueError("cannot merge contamination tallies of different test sets")
         self.documents += other.documents
         for mine, theirs in zip(self._hits, other._hits):
             mine |= theirs
+        found = sorted(self.documents_found + other.documents_found, key=lambda d: d.get("row", 0))
+        self.documents_found = found[:DOCUMENTS_LISTED]
 
     def counts(self) -> dict[str, int]:
         """``{task: number of contaminated items}``."""
         return {t: len(h) for t, h in zip(self.tasks, self._hits)}
 
     def to_dict(self) -> dict:
-        return {"ngram": self.ngram, "mode": self.mode, "suites": list(self.suites), "documents": self.documents,
-                "tasks": {t: {"items": n, "too_short": k, "contaminated": sorted(h)}
-                          for t, n, k, h in zip(self.tasks, self.items, self.too_short, self._hits)}}
+        out = {"ngram": self.ngram, "mode": self.mode, "suites": list(self.suites), "documents": self.documents,
+               "tasks": {t: {"items": n, "too_short": k, "contaminated": sorted(h)}
+                         for t, n, k, h in zip(self.tasks, self.items, self.too_short, self._hits)},
+               "documents_found": [dict(d) for d in self.documents_found]}
+        if self.listed_from_row is not None:
+            out["listed_from_row"] = self.listed_from_row
+        return out
 
     @classmethod
     def from_dict(cls, data: dict, index: TestIndex | None = None) -> "ContaminationTally":
         """A tally restored from a manifest (a resumed run). With ``index``, the test set it was counted against
-        must be the one of ``index`` (same n, tasks and item counts), else the counts would mix two test sets."""
+        must be the one of ``index`` (same n, tasks and item counts), else the counts would mix two test sets.
+        A manifest written before documents were listed restores with none listed."""
         tasks = data["tasks"]
         tally = cls(list(tasks), [v["items"] for v in tasks.values()], [v["too_short"] for v in tasks.values()],
                     data["ngram"], data["mode"], data["suites"], data["documents"],
-                    {t: v["contaminated"] for t, v in tasks.items()})
+                    {t: v["contaminated"] for t, v in tasks.items()}, data.get("documents_found", ()),
+                    data.get("listed_from_row"))
         if index is not None:
             mine = (index.n, list(index.tasks), index.items.tolist(), index.too_short.tolist())
             theirs = (tally.ngram, tally.tasks, tally.items, tally.too_short)

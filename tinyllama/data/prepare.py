@@ -34,8 +34,8 @@ from ..config import parse_config
 from ..tokenizer import Agreement, check_tokenizer, sentencepiece_file_of
 from ..utils import TMP_PREFIX, RunStopped
 from .dedup import INDEX_FILE, DedupSettings
-from .readers import Position, SourceReader, SourceSpec
-from .report import REPORT, write_report
+from .preparation_report import REPORT, outcome, write_report
+from .readers import Position, SourceReader, SourceSpec, describe_location
 from .screen import DecontaminationSettings, ScreenSpec, SourceScreen, index_fingerprint
 from .shards import FORMAT, MAX_SHARD_TOKENS, SPLITS, ShardWriter, check_shards, read_manifest, shard_paths, \
     write_manifest
@@ -45,6 +45,7 @@ from .tokenize import Encoder, EncoderSpec, TokenizerInfo, encode_in_worker, enc
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SMALL_INPUT_BYTES = 32 * 2**20  # num_workers -1 tokenizes local inputs smaller than this in-process
+BAD_ROW_SAMPLE = 20  # bad rows named (file and line) in a warning and in the manifest, per source; the rest counted
 
 
 @dataclass
@@ -87,9 +88,9 @@ class PrepareConfig:
         "help": "drop exact and near duplicates within each source: true (defaults) or {exact, near, threshold, "
                 "ngram, num_perm, seed} (docs/data.md); a source's own dedup: key overrides it. Off by default"})
     decontaminate: Any = field(default=None, metadata={
-        "help": "find the evaluation suites' test items in the documents (13-gram overlap): true (defaults) or "
-                "{suites, ngram, mode: report|drop, eval_data_dir} (docs/data.md); a source's own key overrides it. "
-                "Off by default"})
+        "help": "find evaluation test items in the documents (13-gram overlap): true (defaults) or "
+                "{suites (suite or task names, as EVAL_TASKS), ngram, mode: report|drop, eval_data_dir} "
+                "(docs/data.md); a source's own key overrides it. Off by default"})
 
     def validate(self) -> list[str]:
         errors: list[str] = []
@@ -388,10 +389,11 @@ class _State:
     rows: int = 0
     documents: int = 0  # documents accepted so far (train + validation), the validation selector's counter
     skipped: collections.Counter = field(default_factory=collections.Counter)
+    bad_rows: list = field(default_factory=list)  # the first BAD_ROW_SAMPLE bad rows: where, and why
 
     def snapshot(self) -> dict:
         return {"position": self.position.to_dict(), "rows": self.rows, "documents": self.documents,
-                "skipped": dict(sorted(self.skipped.items()))}
+                "skipped": dict(sorted(self.skipped.items())), "bad_rows": list(self.bad_rows)}
 
 
 @dataclass
@@ -470,6 +472,8 @@ def _commit(folder: Path, manifest: dict, writers: dict[str, ShardWriter], state
     stats = manifest["stats"]
     stats["rows_read"] = state["rows"]
     stats["skipped"] = state["skipped"]
+    if state["bad_rows"]:  # (only when there are: a clean source's manifest is as before)
+        stats["bad_rows"] = state["bad_rows"]
     for split in SPLITS:
         stats["documents"][split] = sum(e["documents"] for e in manifest["splits"][split])
         stats["tokens"][split] = sum(e["tokens"] for e in manifest["splits"][split])
@@ -515,7 +519,8 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
 
     state = _State(position=Position(**manifest["resume"]), rows=manifest["stats"]["rows_read"],
                    documents=sum(manifest["stats"]["documents"].values()),
-                   skipped=collections.Counter(manifest["stats"]["skipped"]))
+                   skipped=collections.Counter(manifest["stats"]["skipped"]),
+                   bad_rows=list(manifest["stats"].get("bad_rows", [])))
     resumed = state.rows > 0
     writers = {s: ShardWriter(folder, s, np.dtype(dtype), len(manifest["splits"][s])) for s in SPLITS}
     log.info("%s: %s %s -> %s", spec.name, "resuming" if resumed else "reading", reader.describe(), folder)
@@ -535,13 +540,21 @@ def prepare_source(cfg: PrepareConfig, spec: SourceSpec, reader: SourceReader, t
                                                                  reader.parser, encoder, pool, spec.name, screener):
             # the dedup and decontamination verdicts of the encoded documents, decided in input order
             if screen is not None:
-                doc_rows = [state.rows + i for i, r in enumerate(reasons) if r is None]
-                verdicts = iter(screen.decide(screened, doc_rows))
+                docs = [i for i, r in enumerate(reasons) if r is None]
+                doc_rows = [state.rows + i for i in docs]  # (0-based)
+                verdicts = iter(screen.decide(screened, doc_rows, lambda k, docs=docs, rows=doc_rows, b=batch:
+                                              reader.locate(rows[k] + 1, b.positions[docs[k]])))
             # account for the rows in input order: skip reasons, the validation selection, the document limit
             keep, val, done = [], [], False
             for reason, pos in zip(reasons, batch.positions):
                 state.rows += 1
                 state.position = pos
+                if reason is not None and outcome(reason) == "bad row" and len(state.bad_rows) < BAD_ROW_SAMPLE:
+                    where = reader.locate(state.rows, pos)
+                    state.bad_rows.append({**where, "reason": reason})
+                    log.warning("%s: %s skipped: %s%s", spec.name, describe_location(where), reason,
+                                "" if len(state.bad_rows) < BAD_ROW_SAMPLE else
+                                f" (the first {BAD_ROW_SAMPLE} bad rows are named; further ones are only counted)")
                 if reason is None and screen is not None:
                     reason = next(verdicts)
                     if reason is not None:

@@ -15,26 +15,29 @@ import glob
 import gzip
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, Optional, get_args
 
+from ..config import check_mapping
 from ..environment import offline
 from ..utils import is_hub_id
 
-LOCAL_FORMATS = ("jsonl", "json", "parquet", "txt")
-FORMATS = ("auto", "hub") + LOCAL_FORMATS
+Format = Literal["auto", "hub", "jsonl", "json", "parquet", "txt"]
+FORMATS = get_args(Format)
+LOCAL_FORMATS = FORMATS[2:]
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".txt": "txt"}
 _COMPRESSION = (".gz", ".zst")
 
 
 @dataclass
 class Filter:
-    """Keep a row only if ``field`` (dotted path into nested objects) is in ``in_`` / not in ``not_in``."""
+    """Keep a row only if ``field`` (dotted path into nested objects) is in ``in_`` / not in ``not_in``. In YAML:
+    ``{field: meta.redpajama_set_name, not_in: [RedPajamaGithub]}`` or ``{field: ..., in: [...]}``."""
 
     field: str
-    in_: list | None = None
-    not_in: list | None = None
+    in_: Optional[list] = None  # the YAML key ``in`` (a Python keyword)
+    not_in: Optional[list] = None
 
     def reason(self, row: dict) -> str | None:
         value = get_field(row, self.field)
@@ -46,88 +49,89 @@ class Filter:
             return f"filtered: {self.field} == {value!r}"
         return None
 
+    @classmethod
+    def from_dict(cls, raw: Any, where: str, errors: list[str]) -> "Filter | None":
+        """One entry of a source's ``filters:``, checked by the config parser (``check_mapping``: unknown keys with
+        the closest known one, types); every problem appended to ``errors``."""
+        if not isinstance(raw, dict):
+            errors.append(f"{where}: expected a mapping with 'field' and 'in' or 'not_in', got {raw!r}")
+            return None
+        n = len(errors)
+        # ``in`` is the YAML key of the field ``in_``: renamed on the way in, and back in the messages
+        mapped = {("in_" if k == "in" else f"{k} " if k == "in_" else k): v for k, v in raw.items()}
+        values = check_mapping(cls, mapped, f"in {where}", errors)
+        errors[n:] = [e.replace("'in_'", "'in'").replace("'in_ '", "'in_'") for e in errors[n:]]
+        if not isinstance(values.get("field"), str) or not values["field"]:
+            errors.append(f"'field' in {where}: required (the dotted name of the field to test)")
+        given = [k for k in ("in", "not_in") if k in raw]
+        if len(given) != 1:
+            errors.append(f"{where}: give exactly one of 'in' or 'not_in'")
+        elif raw[given[0]] is None:
+            errors.append(f"'{given[0]}' in {where}: expected a list of values")
+        if len(errors) > n:
+            return None
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {"field": self.field, **({"in": self.in_} if self.in_ is not None else {"not_in": self.not_in})}
+
 
 @dataclass
-class SourceSpec:
-    """One raw corpus, as written under ``sources:`` in a data config (see docs/data.md)."""
+class SourceEntry:
+    """The keys of one source under ``sources:`` in a data config (see docs/data.md), checked and converted by the
+    config parser (``tinyllama.config.check_mapping``)."""
 
-    name: str
     path: str  # Hub dataset id, or a local file, folder or glob
-    format: str = "auto"
+    format: Format = "auto"
     text_field: str = "text"
-    filters: list[Filter] = field(default_factory=list)
-    subset: str | None = None  # Hub: the dataset's config name
-    data_dir: str | None = None  # Hub: a sub-folder (e.g. Starcoderdata's per-language "python")
+    filters: Optional[list] = field(default_factory=list)  # mappings, each a Filter (``SourceSpec``: the Filters)
+    subset: Optional[str] = None  # Hub: the dataset's config name
+    data_dir: Optional[str] = None  # Hub: a sub-folder (e.g. Starcoderdata's per-language "python")
     data_files: Any = None  # Hub: file patterns, passed to datasets.load_dataset
     split: str = "train"
-    revision: str | None = None
-    max_documents: int | None = None  # stop after this many documents (a smoke test of a real config)
+    revision: Optional[str] = None
+    max_documents: Optional[int] = None  # stop after this many documents (a smoke test of a real config)
     dedup: Any = None  # this source's own dedup: / decontaminate: (None: the config's top-level value)
     decontaminate: Any = None
 
-    KEYS = ("path", "format", "text_field", "filters", "subset", "data_dir", "data_files", "split", "revision",
-            "max_documents", "dedup", "decontaminate")
+
+@dataclass
+class SourceSpec(SourceEntry):
+    """One raw corpus: its entry under ``sources:`` and its name (the key, and the folder it is prepared into)."""
+
+    name: str = field(kw_only=True)
 
     @classmethod
     def from_dict(cls, name: str, spec: Any, errors: list[str]) -> "SourceSpec | None":
-        """Build from a YAML mapping, appending every problem to ``errors``."""
+        """Build from a YAML mapping, appending every problem to ``errors``: unknown keys (with the closest known
+        one) and mistyped values from the config parser, then what types cannot say."""
         where = f"sources.{name}"
         n_errors = len(errors)
         if not isinstance(spec, dict):
             errors.append(f"{where}: expected a mapping with at least 'path', got {spec!r}")
             return None
-        for key in spec:
-            if key not in cls.KEYS:
-                errors.append(f"{where}: unknown key '{key}' (known: {', '.join(cls.KEYS)})")
-        if not isinstance(spec.get("path"), str) or not spec.get("path"):
-            errors.append(f"{where}.path: required (a Hub dataset id or local files)")
-        fmt = spec.get("format", "auto")
-        if fmt not in FORMATS:
-            errors.append(f"{where}.format: {fmt!r} is not one of {', '.join(FORMATS)}")
+        values = check_mapping(SourceEntry, spec, f"in {where}", errors)
+        if not values.get("path"):
+            errors.append(f"'path' in {where}: required (a Hub dataset id or local files)")
         for key in ("text_field", "split"):
-            if key in spec and not (isinstance(spec[key], str) and spec[key]):
-                errors.append(f"{where}.{key}: expected a non-empty string, got {spec[key]!r}")
-        for key in ("subset", "data_dir", "revision"):
-            if spec.get(key) is not None and not isinstance(spec[key], str):
-                errors.append(f"{where}.{key}: expected a string, got {spec[key]!r}")
-        md = spec.get("max_documents")
-        if md is not None and (isinstance(md, bool) or not isinstance(md, int) or md < 1):
-            errors.append(f"{where}.max_documents: expected a positive integer, got {md!r}")
-        filters = []
-        raw_filters = spec.get("filters") or []
-        if not isinstance(raw_filters, list):
-            errors.append(f"{where}.filters: expected a list of {{field: ..., not_in: [...]}} mappings")
-            raw_filters = []
-        for k, f in enumerate(raw_filters):
-            fw = f"{where}.filters[{k}]"
-            if not isinstance(f, dict) or not isinstance(f.get("field"), str):
-                errors.append(f"{fw}: expected a mapping with 'field' and 'in' or 'not_in'")
-                continue
-            extra = set(f) - {"field", "in", "not_in"}
-            if extra:
-                errors.append(f"{fw}: unknown key(s) {sorted(extra)} (known: field, in, not_in)")
-            if ("in" in f) == ("not_in" in f):
-                errors.append(f"{fw}: give exactly one of 'in' or 'not_in'")
-                continue
-            values = f.get("in", f.get("not_in"))
-            if not isinstance(values, list):
-                errors.append(f"{fw}: 'in'/'not_in' must be a list of values")
-                continue
-            filters.append(Filter(f["field"], in_=f.get("in"), not_in=f.get("not_in")))
+            if key in values and not values[key]:
+                errors.append(f"'{key}' in {where}: expected a non-empty string")
+        md = values.get("max_documents")
+        if md is not None and md < 1:
+            errors.append(f"'max_documents' in {where}: expected a positive integer, got {md!r}")
+        filters = [Filter.from_dict(f, f"{where}.filters[{k}]", errors)
+                   for k, f in enumerate(values.get("filters") or [])]  # (``filters:`` left empty: none)
         if len(errors) > n_errors:
             return None
-        return cls(name=name, path=spec["path"], format=fmt, text_field=spec.get("text_field", "text"),
-                   filters=filters, subset=spec.get("subset"), data_dir=spec.get("data_dir"),
-                   data_files=spec.get("data_files"), split=spec.get("split", "train"),
-                   revision=spec.get("revision"), max_documents=md, dedup=spec.get("dedup"),
-                   decontaminate=spec.get("decontaminate"))
+        return cls(name=name, **{**values, "filters": filters})
+
+    KEYS = tuple(f.name for f in fields(SourceEntry))  # the YAML keys, in the manifest's order
 
     def to_dict(self) -> dict:
         # the screening keys only when given: manifests written before they existed still compare equal
         out = {k: getattr(self, k) for k in self.KEYS if k != "filters"
                and not (k in ("dedup", "decontaminate") and getattr(self, k) is None)}
-        out["filters"] = [{"field": f.field, **({"in": f.in_} if f.in_ is not None else {"not_in": f.not_in})}
-                          for f in self.filters]
+        out["filters"] = [f.to_dict() for f in self.filters]
         return out
 
 
@@ -212,6 +216,15 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
+def describe_location(where: dict) -> str:
+    """``SourceReader.locate``'s location in words: ``train.jsonl line 7``, ``x.parquet row 3``, ``row 12``."""
+    if "file" not in where:
+        return f"row {where['row']}"
+    if "line" in where:
+        return f"{where['file']} line {where['line']}"
+    return f"{where['file']} row {where['file_row']}" if "file_row" in where else where["file"]
+
+
 # ---- rows ------------------------------------------------------------------------------------------------------
 @dataclass
 class Position:
@@ -284,6 +297,7 @@ class SourceReader:
         self.spec = spec
         self.parser = RowParser(spec)
         self._peeking = False
+        self._lines: dict[int, bool] = {}  # file index -> a .json file holds JSON lines (not an array)
         self.hub = is_hub(spec)
         if self.hub:
             if not is_hub_id(spec.path) and spec.path not in ("json", "parquet", "text", "csv"):
@@ -299,6 +313,27 @@ class SourceReader:
 
     def describe(self) -> str:
         return f"{self.spec.path} (Hub)" if self.hub else f"{self.spec.path} ({len(self.files)} file(s))"
+
+    def locate(self, row: int, pos: Position) -> dict:
+        """Where a record is, for a person to find it: ``row``, its 1-based row number in the source (every row
+        read counts, files in order), and for local files the ``file`` with the 1-based ``line`` in it (jsonl, and
+        JSON lines in a .json file) or ``file_row`` (parquet, a JSON array; a txt file is one row). ``pos`` is the
+        position after the record (as ``records`` yields it)."""
+        if self.hub:
+            return {"row": row}
+        path, fmt = self.files[pos.file]
+        out = {"row": row, "file": str(path)}
+        if fmt == "txt":
+            return out
+        if fmt == "json" and self._json_lines(pos.file) or fmt == "jsonl":
+            return {**out, "line": pos.row}
+        return {**out, "file_row": pos.row}
+
+    def _json_lines(self, i: int) -> bool:
+        if i not in self._lines:
+            with _open_binary(self.files[i][0]) as f:
+                self._lines[i] = not f.read(1024).lstrip().startswith(b"[")
+        return self._lines[i]
 
     # -- checks before any work --
     def check(self) -> None:
@@ -357,9 +392,7 @@ class SourceReader:
                 yield line, Position(at.file, row, offset)
 
     def _json(self, path: Path, at: Position):
-        with _open_binary(path) as f:
-            head = f.read(1024).lstrip()
-        if not head.startswith(b"["):
+        if self._json_lines(at.file):
             yield from self._jsonl(path, at)  # JSON lines in a .json file, as datasets accepts too
             return
         try:

@@ -11,58 +11,55 @@ nothing to the dedup index.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal, Optional
 
 from .. import environment
-from ..config import optional_step
-from .dedup import DedupIndex, DedupSettings, Deduplicator
+from .dedup import DedupIndex, DedupSettings, Deduplicator, step_settings
 from .ngrams import ngram_hashes, normalize, word_hashes
-
-DECON_MODES = ("report", "drop")
 
 
 @dataclass(frozen=True)
 class DecontaminationSettings:
     """``decontaminate:`` in a data config (see docs/data.md)."""
 
-    suites: tuple[str, ...] = ("commonsense",)  # evaluation/suites/<name>.yaml whose tasks' test items are checked
+    # what to check: each a suite (evaluation/suites/<name>.yaml: all its tasks) or an lm-eval task name, read as
+    # EVAL_TASKS is (tinyllama.evaluation.suites.resolve_tasks)
+    suites: tuple[str, ...] = ("commonsense",)
     ngram: int = 13  # words per n-gram (13: the GPT-3 paper's convention, also lm-eval's)
-    mode: str = "report"  # report: count and keep; drop: leave the document out
-    eval_data_dir: str | None = None  # local copies of the tasks' data (default: the EVAL_DATA_DIR environment var)
+    mode: Literal["report", "drop"] = "report"  # report: count and keep; drop: leave the document out
+    eval_data_dir: Optional[str] = None  # local copies of the tasks' data (default: the EVAL_DATA_DIR environment var)
 
     @classmethod
     def parse(cls, where: str, value: Any, errors: list[str]) -> "DecontaminationSettings | None":
+        """``true`` (defaults), ``false``/absent (None: off), or a mapping of the fields; every problem appended to
+        ``errors``. Keys and types are checked by the config parser, the names and the range here."""
         n = len(errors)
-        value = optional_step(cls, value, where, errors)
-        if value is None:
+        if isinstance(value, dict) and isinstance(value.get("suites"), str):  # one name, or "a,b" as in EVAL_TASKS
+            value = {**value, "suites": [n for n in re.split(r"[,\s]+", value["suites"]) if n]}
+        values = step_settings(cls, value, where, errors)
+        if values is None:
             return None
-        suites = value.get("suites", list(cls.suites))
-        if isinstance(suites, str):
-            suites = [suites]
-        if not isinstance(suites, list) or not suites or not all(isinstance(s, str) and s for s in suites):
-            errors.append(f"{where}.suites: expected a list of suite names (evaluation/suites/), got {suites!r}")
+        s = dataclasses.replace(cls(), **values)
+        if not s.suites or not all(s.suites):
+            errors.append(f"'suites' in {where}: expected a list of evaluation suites or tasks, "
+                          f"got {value['suites']!r}")
         else:
-            from ..evaluation.suites import available_suites
+            from ..evaluation.suites import resolve_tasks
 
-            known = available_suites()
-            for name in suites:
-                if name not in known and not (name.endswith((".yaml", ".yml")) and Path(name).is_file()):
-                    errors.append(f"{where}.suites: no suite '{name}' (known: {', '.join(known)}; or a suite YAML path)")
-        ngram = value.get("ngram", cls.ngram)
-        if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1:
-            errors.append(f"{where}.ngram: expected an integer >= 1, got {ngram!r}")
-        mode = value.get("mode", cls.mode)
-        if mode not in DECON_MODES:
-            errors.append(f"{where}.mode: expected one of {', '.join(DECON_MODES)}, got {mode!r}")
-        data_dir = value.get("eval_data_dir") or environment.eval_data_dir()
-        if data_dir is not None and not isinstance(data_dir, str):
-            errors.append(f"{where}.eval_data_dir: expected a folder path, got {data_dir!r}")
+            try:
+                resolve_tasks(s.suites)
+            except (ValueError, OSError) as e:  # unknown names (all in one message), a broken suite file
+                errors.append(f"'suites' in {where}: {e}")
+        if s.ngram < 1:
+            errors.append(f"'ngram' in {where}: expected an integer >= 1, got {s.ngram!r}")
         if len(errors) > n:
             return None
-        return cls(tuple(suites), ngram, mode, data_dir)
+        return dataclasses.replace(s, eval_data_dir=s.eval_data_dir or environment.eval_data_dir())
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -118,9 +115,14 @@ class SourceScreen:
             self.tally = (ContaminationTally.from_dict(saved, spec.index) if saved else
                           ContaminationTally.for_index(spec.index, spec.decontaminate.mode,
                                                        list(spec.decontaminate.suites)))
+            if saved and "documents_found" not in saved:  # half prepared by a version that did not list them
+                self.tally.listed_from_row = rows + 1
 
-    def decide(self, screened: tuple[list | None, list | None], rows: list[int]) -> list[str | None]:
-        """Per document of a batch (in order): None to keep it, or the reason it is dropped."""
+    def decide(self, screened: tuple[list | None, list | None], rows: list[int],
+               locate: Callable[[int], dict] | None = None) -> list[str | None]:
+        """Per document of a batch (in order): None to keep it, or the reason it is dropped. ``rows``: the documents'
+        0-based row numbers in the source; ``locate(k)``: where document ``k`` of the batch is
+        (``SourceReader.locate``), recorded for the documents that hold test items."""
         keys, hits = screened
         n = len(rows)
         drop_contaminated = self.spec.decontaminate is not None and self.spec.decontaminate.mode == "drop"
@@ -130,7 +132,7 @@ class SourceScreen:
         if self.tally is not None:
             for i in range(n):
                 if hits[i] and verdicts[i] in (None, "contaminated"):
-                    self.tally.add(hits[i])
+                    self.tally.add(hits[i], locate(i) if locate is not None else {"row": rows[i] + 1})
         return verdicts
 
     def commit(self, manifest: dict, rows: int) -> None:

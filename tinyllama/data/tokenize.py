@@ -56,7 +56,10 @@ def load_tokenizer(name_or_path: str) -> TokenizerInfo:
                 "online, or name a local tokenizer folder." if offline() else
                 " Check the Hub id (and `huggingface-cli login` for a gated repo), or name a local tokenizer folder.")
         raise ValueError(f"tokenizer {name_or_path!r}: not a local folder and could not be loaded from the Hub.{hint}"
-                         ) from None
+                         f" If it names a folder still to be made (configs/data/own-corpus.yaml's tokenizers/tinyllama"
+                         f" is one), make it first, e.g. the SentencePiece-exact Llama-2 tokenizer TinyLlama was "
+                         f"trained with: `python scripts/convert_tokenizer.py TinyLlama/TinyLlama_v1.1 --out "
+                         f"{name_or_path}` (docs/data.md, \"Tokenizer fidelity\")") from None
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"tokenizer {name_or_path!r} has no fast (Rust) implementation; preparation needs one")
     text = tok.backend_tokenizer.to_str()

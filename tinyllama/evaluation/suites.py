@@ -159,12 +159,59 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
 
 
 def select_tasks(suite: Suite, tasks_override: Sequence[str] | str | None) -> list[SuiteTask]:
-    """The suite's tasks, or a chosen subset; a task outside the suite gets the suite's defaults."""
+    """The suite's tasks, or those named in ``tasks_override`` (``EVAL_TASKS=a,b``), read by :func:`resolve_tasks`:
+    a suite's name for all its tasks, or task names (a task of ``suite`` keeps its settings there)."""
     if not tasks_override:
         return list(suite.tasks)
-    if isinstance(tasks_override, str):
-        tasks_override = [t for t in re.split(r"[,\s]+", tasks_override) if t]
-    return [suite.get(t) or SuiteTask(task=t, label=t, num_fewshot=0, metric=None) for t in tasks_override]
+    return resolve_tasks(tasks_override, suite)
+
+
+def resolve_tasks(names: Sequence[str] | str, suite: Suite | None = None) -> list[SuiteTask]:
+    """The one reading of a list of evaluation names, wherever a user gives one (``EVAL_TASKS`` through
+    :func:`select_tasks`; ``decontaminate: {suites: [...]}`` in a data config). Each name is
+
+    - a suite: ``evaluation/suites/<name>.yaml`` (or the path of a suite YAML), meaning all its tasks;
+    - or an lm-eval task (or group, or tag) name: the task as ``suite`` lists it, else as the first of this
+      repository's suites that lists it (its shots, metric, label, ``unsafe_code``), else any name in lm-eval's task
+      index (:func:`lm_eval_task_index`, read only for such a name), with 0 shots and the default metric.
+
+    A suite's name wins over a task of the same name. Each task comes once, in the order named; a string is split at
+    commas and spaces. Every unknown name is reported in one ``ValueError`` that lists the suites and says that a
+    task name is accepted too."""
+    if isinstance(names, str):
+        names = [n for n in re.split(r"[,\s]+", names) if n]
+    suites = available_suites()
+    listed: dict[str, SuiteTask] = {}  # the tasks of this repository's suites, first suite first
+    out: dict[str, SuiteTask] = {}
+    unknown = []
+    for name in map(str, names):
+        if suite is not None and suite.get(name):
+            found = [suite.get(name)]
+        elif name in suites or name.endswith((".yaml", ".yml")) and Path(name).is_file():
+            found = load_suite(name).tasks
+        else:
+            if not listed:
+                for s in suites:
+                    try:
+                        listed.update({t.task: t for t in load_suite(s).tasks if t.task not in listed})
+                    except ValueError:  # a broken suite is reported when it is used; here it lends no settings
+                        pass
+            if name in listed:
+                found = [listed[name]]
+            elif name in lm_eval_task_index():
+                found = [SuiteTask(task=name, label=name, num_fewshot=0, metric=None)]
+            else:
+                unknown.append(name)
+                continue
+        out.update({t.task: t for t in found if t.task not in out})
+    if unknown:
+        close = {n: difflib.get_close_matches(n, suites + list(listed) + list(lm_eval_task_index()), n=1)
+                 for n in unknown}
+        named = ", ".join(f"{n!r}" + (f" (did you mean {close[n][0]!r}?)" if close[n] else "") for n in unknown)
+        raise ValueError(f"unknown evaluation suite or task {named}: name a suite ({', '.join(suites)}: all its "
+                         f"tasks; evaluation/suites/), the path of a suite YAML, or an lm-eval task name (e.g. "
+                         f"arc_easy; `lm_eval ls tasks` lists them)")
+    return list(out.values())
 
 
 @functools.cache

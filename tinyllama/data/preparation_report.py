@@ -12,11 +12,13 @@ import logging
 from pathlib import Path
 
 from ..utils import atomic_write_text
+from .readers import describe_location
 from .shards import read_manifest
 
 log = logging.getLogger(__name__)
 REPORT = "preparation_report.md"
 CHART = "preparation_report.png"
+REPORT_DOCUMENTS = 20  # per source, the documents holding test items shown (the manifest lists more)
 OUTCOMES = ("kept", "filtered", "bad row", "duplicate", "near duplicate", "contaminated")
 _COLORS = {"kept": "#4c9a2a", "filtered": "#9e9e9e", "bad row": "#d62728", "duplicate": "#1f77b4",
            "near duplicate": "#7fb3e0", "contaminated": "#ff7f0e"}
@@ -59,8 +61,22 @@ def render(manifests: dict[str, dict]) -> str:
               "blank or without text; duplicate / near duplicate: `dedup:`; contaminated: dropped by "
               "`decontaminate: {mode: drop}`."]
     for name, m in manifests.items():
+        lines += _bad_row_lines(name, m)
+    for name, m in manifests.items():
         lines += _contamination_lines(name, m)
     return "\n".join(lines) + "\n"
+
+
+def _bad_row_lines(name: str, manifest: dict) -> list[str]:
+    """The bad rows the manifest names (the first ``prepare.BAD_ROW_SAMPLE``), where they are and why."""
+    sample = manifest["stats"].get("bad_rows")
+    if not sample:
+        return []
+    total = source_counts(manifest)["bad row"]
+    out = ["", f"## {name}: bad rows" + (f" (the first {len(sample)} of {total:,})" if total > len(sample) else ""),
+           ""]
+    out += [f"- {describe_location(b)}: {b['reason']}" for b in sample]
+    return out
 
 
 def _contamination_lines(name: str, manifest: dict) -> list[str]:
@@ -75,6 +91,30 @@ def _contamination_lines(name: str, manifest: dict) -> list[str]:
            "| task | test items | contaminated | too short to check |", "|---|---:|---:|---:|"]
     for task, t in sorted(section.get("tasks", {}).items()):
         out.append(f"| {task} | {t['items']:,} | {len(t['contaminated']):,} | {t.get('too_short', 0):,} |")
+    return out + _documents_found_lines(section)
+
+
+def _documents_found_lines(section: dict) -> list[str]:
+    """The documents holding test items, where they are and which items (lm-eval ``doc_id``s): the first
+    ``REPORT_DOCUMENTS`` of those the manifest lists, and how many more there are."""
+    total = section.get("documents", 0)
+    if not total:
+        return []
+    if "documents_found" not in section:
+        return ["", "The documents are not listed (prepared by an earlier version; prepare again with --overwrite "
+                    "true to list them)."]
+    found = section["documents_found"]
+    out = ["", "| document | test items it holds |", "|---|---|"]
+    out += [f"| {describe_location(d)} | " + "; ".join(f"{t} {', '.join(map(str, i))}" for t, i in d["items"].items())
+            + " |" for d in found[:REPORT_DOCUMENTS]]
+    more = total - min(len(found), REPORT_DOCUMENTS)
+    if more:
+        listed = (f"the manifest's contamination.documents_found lists the first {len(found):,}"
+                  if len(found) > REPORT_DOCUMENTS else "not listed in the manifest either")
+        out += ["", f"... and {more:,} more ({listed}; all {total:,} are counted)."]
+    if section.get("listed_from_row"):
+        out += ["", f"Documents before row {section['listed_from_row']:,} are counted but not listed: that part of "
+                    f"the source was prepared by an earlier version."]
     return out
 
 
