@@ -255,23 +255,6 @@ def check_mapping(dataclass_types: Sequence[type] | type, mapping: dict, where: 
     return values
 
 
-def optional_step(settings_type: type, value: Any, where: str, errors: list[str]) -> dict | None:
-    """The value of a key that turns an optional step on with settings (``dedup:``, ``decontaminate:``):
-    absent/``false`` -> None (off), ``true`` -> ``{}`` (the defaults), a mapping -> itself. Keys that are not fields
-    of ``settings_type`` and a value of another kind are appended to ``errors`` (then None); the fields' own checks
-    are the caller's."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return {}
-    known = [f.name for f in dataclasses.fields(settings_type)]
-    if not isinstance(value, dict):
-        errors.append(f"{where}: expected true, false or a mapping of {', '.join(known)}; got {value!r}")
-        return None
-    errors.extend(f"{where}: unknown key '{k}' (known: {', '.join(known)})" for k in value if k not in known)
-    return value
-
-
 # ----------------------------------------------------------------------------------------------------------------
 def parse_config(
     dataclass_types: Sequence[type] | type,

@@ -26,7 +26,9 @@ environment:
                            export, else outputs/eval)
   EVAL_BACKEND=hf|vllm     lm-eval model backend (default hf; vllm must be installed)
   EVAL_BATCH_SIZE, EVAL_DTYPE   defaults: auto/auto on a GPU, 8/float32 on a CPU
-  EVAL_TASKS=a,b           run only these tasks (of the suite, or any lm-eval task)
+  EVAL_TASKS=a,b           run these instead of the suite's tasks: each a suite (all its tasks) or a task
+                           name (of this repository's suites, or any lm-eval task); the same names as a data
+                           config's decontaminate: suites
   EVAL_DATA_DIR=DIR        offline: read each task's data from local files (see docs/evaluation.md)
   ALLOW_CODE_EXECUTION=1   required for suites that execute model-written code (HumanEval, MBPP)
   EVAL_CHAT_TEMPLATE=1|0   score through the model's chat template, few-shot examples as turns (lm-eval
