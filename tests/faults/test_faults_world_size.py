@@ -44,6 +44,34 @@ def convert_to_universal(checkpoint) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
+def test_zero2_on_another_number_of_processes_is_refused_then_resumed_through_the_universal_checkpoint(
+        tmp_path, resume_one_process, resume_two_processes):
+    """ZeRO-2 (the README's 8-GPU default) trains as one process; written by 2 processes, resumed by 1: one message
+    naming DeepSpeed's converter, before any work; after that command, the run resumes to the uninterrupted run's
+    weights, bitwise."""
+    from test_pretrain_distributed import trains_as_one
+
+    _, cfg, full, log = resume_two_processes("zero2")
+    trains_as_one(full, log, resume_one_process)
+    resumed = cut_at(full, 2, tmp_path / "resumed")
+    before = tree_hashes(resumed)
+    proc = launch_pretrain("cpu-deepspeed-zero2.yaml", cfg, resumed, "--resume", "auto", processes=1, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "written by 2 processes under DeepSpeed ZeRO-1/2 and this launch has 1" in errors[0]
+    assert "M parameters" not in proc.stderr  # stopped before the model was built (its log line)
+    assert tree_hashes(resumed) == before  # nothing written
+    command = proc.stderr.split(errors[0], 1)[1].splitlines()[1].strip()
+    assert command.startswith("python -m deepspeed.checkpoint.ds_to_universal ")
+    conversion = subprocess.run([sys.executable, *command.split()[1:]], cwd=REPO, capture_output=True, text=True)
+    assert conversion.returncode == 0, conversion.stdout[-2000:] + conversion.stderr[-2000:]
+
+    proc = launch_pretrain("cpu-deepspeed-zero2.yaml", cfg, resumed, "--resume", "auto", processes=1)
+    assert "(its DeepSpeed universal checkpoint)" in proc.stderr
+    assert same_weights(full / FINAL, resumed / FINAL)
+    assert logged(resumed) == logged(full)
+
+
 def test_ddp_one_process_checkpoint_resumes_on_two(tmp_path, one_process):
     cfg = write_config(tmp_path, RESUME_RUN)
     run = cut_at(one_process, 2, tmp_path / "run")
