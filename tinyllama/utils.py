@@ -1,4 +1,5 @@
-"""Small shared helpers: repository paths, atomic writes, logging setup and the entry-point error wrapper."""
+"""Small shared helpers: "a Hub id or a local path?", repository paths, atomic writes, logging setup and the
+entry-point error wrapper."""
 
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ from pathlib import Path
 
 from . import environment
 
-
 TMP_PREFIX = ".tmp-"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
 
 
 def is_hub_id(name: str | os.PathLike | None) -> bool:
