@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
 from . import environment
 
 log = logging.getLogger(__name__)

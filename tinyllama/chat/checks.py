@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import environment
-from ..tokenizer import differing_tokens
 from ..environment import offline
+from ..tokenizer import differing_tokens
 from ..utils import is_hub_id
 
 log = logging.getLogger(__name__)

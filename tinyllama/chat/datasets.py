@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .template import ROLES
 from ..utils import is_hub_id
+from .template import ROLES
 
 
 def message_problem(messages: Any, *, need_assistant: bool = True) -> str | None:

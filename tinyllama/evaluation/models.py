@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 from ..environment import offline
-from .layout import DEFAULT_OUT, TRAINING_METADATA_FILE
 from ..utils import is_hub_id
+from .layout import DEFAULT_OUT, TRAINING_METADATA_FILE
 
 log = logging.getLogger(__name__)
 

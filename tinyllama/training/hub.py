@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from pathlib import Path
+
 from .. import environment
 
 log = logging.getLogger(__name__)
