@@ -233,11 +233,19 @@ def _fields(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
     return {f.name: (f, hints.get(f.name, Any)) for f in dataclasses.fields(cls) if f.init}
 
 
-def check_mapping(dataclass_types: Sequence[type] | type, mapping: dict, where: str, errors: list[str]) -> dict:
+def missing_fields(cls: type, present: Iterable[str]) -> list[str]:
+    """The fields of the dataclass ``cls`` that have no default and are not among ``present``."""
+    present = set(present)
+    return [name for name, (f, _) in _fields(cls).items()
+            if name not in present and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+
+
+def check_mapping(dataclass_types: Sequence[type] | type, mapping: dict, where: str, errors: list[str],
+                  require: bool = False) -> dict:
     """The keys of ``mapping`` checked against the fields of ``dataclass_types`` and their values converted to the
     fields' annotations: returns what is valid, appends one message per unknown key (with the closest known key)
-    or mistyped value to ``errors``. What ``parse_config`` does for a config file, for any mapping (e.g. each
-    stage of a pipeline file)."""
+    or mistyped value to ``errors``, and with ``require`` one per field without a default that ``mapping`` lacks.
+    What ``parse_config`` does for a config file, for any mapping (e.g. each stage of a pipeline file)."""
     if isinstance(dataclass_types, type):
         dataclass_types = [dataclass_types]
     fields = [_fields(cls) for cls in dataclass_types]
@@ -253,7 +261,26 @@ def check_mapping(dataclass_types: Sequence[type] | type, mapping: dict, where: 
             values[key] = coerce(value, annotations[0])
         except _Mismatch as e:
             errors.append(f"'{key}' {where}: expected {e}, got {value!r}")
+    if require:
+        errors.extend(f"'{name}' is required {where}" for cls in dataclass_types
+                      for name in missing_fields(cls, mapping))
     return values
+
+
+def optional_step(settings_type: type, value: Any, where: str, errors: list[str]) -> dict | None:
+    """The value of a key that turns an optional step on with settings (``dedup:``, ``decontaminate:``), as keyword
+    arguments of the dataclass ``settings_type``: absent/``false`` -> None (off), ``true`` -> ``{}`` (the defaults), a
+    mapping -> its keys and values checked by :func:`check_mapping`: what is valid is returned and the problems are
+    appended to ``errors``, so the caller's own checks (what types cannot express) add theirs to the same list."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, dict):
+        known = ", ".join(f.name for f in dataclasses.fields(settings_type))
+        errors.append(f"{where}: expected true, false or a mapping of {known}; got {value!r}")
+        return None
+    return check_mapping(settings_type, value, f"in {where}", errors)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -302,11 +329,7 @@ def parse_config(
     instances = []
     for cls, fs in zip(dataclass_types, fields):
         kwargs = {k: v for k, v in values.items() if k in fs}
-        missing = [
-            name
-            for name, (f, _) in fs.items()
-            if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
+        missing = missing_fields(cls, kwargs)
         if missing:
             errors.extend(f"'{name}' is required ({cls.__name__})" for name in missing)
             continue

@@ -26,17 +26,15 @@ the manifest's shards, so a killed run resumes with exactly the index of its las
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..config import check_mapping
+from ..config import optional_step
 from .ngrams import ngram_hashes, normalize, word_hashes
 
 log = logging.getLogger(__name__)
@@ -60,10 +58,10 @@ class DedupSettings:
         """``true`` (defaults), ``false``/absent (None: off), or a mapping of the fields; every problem appended to
         ``errors``. Keys and types are checked by the config parser, the ranges here."""
         n = len(errors)
-        values = step_settings(cls, value, where, errors)
+        values = optional_step(cls, value, where, errors)
         if values is None:
             return None
-        s = dataclasses.replace(cls(), **values)
+        s = cls(**values)
         if not 0 < s.threshold < 1:
             errors.append(f"'threshold' in {where}: expected a number between 0 and 1 (exclusive), got {s.threshold!r}")
         for k, lo in (("ngram", 1), ("num_perm", 2), ("seed", 0)):
@@ -79,24 +77,6 @@ class DedupSettings:
     def bands(self) -> tuple[int, int]:
         """(bands, rows per band): datasketch's choice for the threshold and number of permutations."""
         return _bands(self.threshold, self.num_perm)
-
-
-def step_settings(settings_type: type, value: Any, where: str, errors: list[str]) -> dict | None:
-    """The value of a key that turns an optional step on with settings (``dedup:``, ``decontaminate:``), as keyword
-    arguments of the dataclass ``settings_type``: absent/``false`` -> None (off), ``true`` -> ``{}`` (the defaults), a
-    mapping -> its keys and values checked against the fields by the config parser (``check_mapping``: an unknown key
-    gets the closest known one, a value is converted to the field's type or reported): what is valid is returned and
-    the problems are appended to ``errors``, so the caller's own checks (what types cannot express) add theirs to the
-    same list."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return {}
-    if not isinstance(value, dict):
-        known = ", ".join(f.name for f in dataclasses.fields(settings_type))
-        errors.append(f"{where}: expected true, false or a mapping of {known}; got {value!r}")
-        return None
-    return check_mapping(settings_type, value, f"in {where}", errors)
 
 
 _BANDS: dict = {}

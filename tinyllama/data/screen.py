@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 from .. import environment
-from .dedup import DedupIndex, DedupSettings, Deduplicator, step_settings
+from ..config import optional_step
+from .dedup import DedupIndex, DedupSettings, Deduplicator
 from .ngrams import ngram_hashes, normalize, word_hashes
 
 
@@ -40,11 +40,13 @@ class DecontaminationSettings:
         ``errors``. Keys and types are checked by the config parser, the names and the range here."""
         n = len(errors)
         if isinstance(value, dict) and isinstance(value.get("suites"), str):  # one name, or "a,b" as in EVAL_TASKS
-            value = {**value, "suites": [n for n in re.split(r"[,\s]+", value["suites"]) if n]}
-        values = step_settings(cls, value, where, errors)
+            from ..evaluation.suites import split_names
+
+            value = {**value, "suites": split_names(value["suites"])}
+        values = optional_step(cls, value, where, errors)
         if values is None:
             return None
-        s = dataclasses.replace(cls(), **values)
+        s = cls(**values)
         if not s.suites or not all(s.suites):
             errors.append(f"'suites' in {where}: expected a list of evaluation suites or tasks, "
                           f"got {value['suites']!r}")

@@ -90,13 +90,6 @@ class ReferenceRow:
     series: str | None = None  # checkpoints of one training run (the report draws them as a line over tokens)
 
 
-def _required(cls: type, mapping: dict, where: str, errors: list[str]) -> None:
-    """One message per field of ``cls`` without a default that ``mapping`` lacks (``check_mapping`` checks only
-    the keys that are there)."""
-    errors.extend(f"'{f.name}' is required {where}" for f in dataclasses.fields(cls) if f.name not in mapping
-                  and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-
-
 def available_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
@@ -118,8 +111,7 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
                              f"or pass the path of a suite YAML")
     data = load_yaml(path, inherit=False)
     errors: list[str] = []
-    top = check_mapping(SuiteFile, data, "(suite file)", errors)
-    _required(SuiteFile, data, "(suite file)", errors)
+    top = check_mapping(SuiteFile, data, "(suite file)", errors, require=True)
     default_shots = top.get("num_fewshot", 0)
     if default_shots < 0:
         errors.append(f"'num_fewshot' (suite file): must be >= 0, got {default_shots}")
@@ -166,6 +158,12 @@ def select_tasks(suite: Suite, tasks_override: Sequence[str] | str | None) -> li
     return resolve_tasks(tasks_override, suite)
 
 
+def split_names(value: str) -> list[str]:
+    """``"a,b c"`` -> ``["a", "b", "c"]``: a list of evaluation names written as one string (``EVAL_TASKS``, or
+    ``decontaminate: {suites: "a,b"}``)."""
+    return [n for n in re.split(r"[,\s]+", value) if n]
+
+
 def resolve_tasks(names: Sequence[str] | str, suite: Suite | None = None) -> list[SuiteTask]:
     """The one reading of a list of evaluation names, wherever a user gives one (``EVAL_TASKS`` through
     :func:`select_tasks`; ``decontaminate: {suites: [...]}`` in a data config). Each name is
@@ -179,7 +177,7 @@ def resolve_tasks(names: Sequence[str] | str, suite: Suite | None = None) -> lis
     commas and spaces. Every unknown name is reported in one ``ValueError`` that lists the suites and says that a
     task name is accepted too."""
     if isinstance(names, str):
-        names = [n for n in re.split(r"[,\s]+", names) if n]
+        names = split_names(names)
     suites = available_suites()
     listed: dict[str, SuiteTask] = {}  # the tasks of this repository's suites, first suite first
     out: dict[str, SuiteTask] = {}
@@ -291,16 +289,14 @@ def load_reference(path: str | os.PathLike = REFERENCE_FILE) -> dict:
     the keys of :class:`ReferenceRow` it gives); every problem of the file reported at once."""
     data = load_yaml(path, inherit=False)
     errors: list[str] = []
-    top = check_mapping(ReferenceFile, data, "(reference file)", errors)
-    _required(ReferenceFile, data, "(reference file)", errors)
+    top = check_mapping(ReferenceFile, data, "(reference file)", errors, require=True)
     suites = {}
     for name, raw in (top.get("suites") or {}).items():
         where = f"in suites.{name}"
         if not isinstance(raw, dict):
             errors.append(f"suites.{name}: expected a mapping of source, metrics, rows; got {raw!r}")
             continue
-        ref = check_mapping(ReferenceSuite, raw, where, errors)
-        _required(ReferenceSuite, raw, where, errors)
+        ref = check_mapping(ReferenceSuite, raw, where, errors, require=True)
         metrics = ref.get("metrics", {})
         wrong = {t: m for t, m in metrics.items() if not isinstance(m, str)}
         if wrong:
@@ -314,8 +310,7 @@ def load_reference(path: str | os.PathLike = REFERENCE_FILE) -> dict:
                 errors.append(f"{label}: expected a mapping of "
                               f"{', '.join(f.name for f in dataclasses.fields(ReferenceRow))}; got {raw_row!r}")
                 continue
-            row = check_mapping(ReferenceRow, raw_row, row_where, errors)
-            _required(ReferenceRow, raw_row, row_where, errors)
+            row = check_mapping(ReferenceRow, raw_row, row_where, errors, require=True)
             scores = row.get("scores", {})
             wrong = {t: v for t, v in scores.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
             if wrong:
